@@ -1,0 +1,442 @@
+//! The task-weighting trait, the method registry, and the scheduled driver.
+
+use crate::baselines::{Dwa, Famo, Lbtw, Uniform};
+use crate::coba::{Coba, CobaConfig, CobaExplain, Variant};
+use crate::{Schedule, Source, WeightError};
+use serde::{Deserialize, Serialize};
+use std::str::FromStr;
+
+/// One probe as a weighting rule sees it: per-task validation losses measured after the update
+/// of `step`, and their ratios to the initial losses. `None` marks a task absent from the probe
+/// (an empty CSV cell, or a literal 0 as MFTCoder treats it). Both slices have length K.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe<'a> {
+    /// Training step after whose update the probe was measured (>= 1).
+    pub step: u64,
+    /// `l_i(t)`: mean validation loss per task in nats per token.
+    pub losses: &'a [Option<f64>],
+    /// `l_i(t) / l_i(0)`: the loss ratio.
+    pub ratios: &'a [Option<f64>],
+}
+
+/// What a rule returns at a compute step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Computed {
+    /// K positive weights summing to 1.
+    pub weights: Vec<f64>,
+    /// CoBa's intermediates; `None` for the baselines.
+    pub explain: Option<CobaExplain>,
+}
+
+impl Computed {
+    pub(crate) fn plain(weights: Vec<f64>) -> Self {
+        Self {
+            weights,
+            explain: None,
+        }
+    }
+}
+
+/// A loss-space task-weighting rule: it is told every probe and asked for weights at the
+/// compute steps of a [`Schedule`]. [`Weighter`] wraps any rule with the schedule (warm-up,
+/// carried weights, step-order checks); implementors only see probes and computations, in
+/// order. State must be serde-serializable so a resumed run continues with identical weights.
+pub trait TaskWeighter {
+    /// Method name as in configs and the CLI (`coba`, `uniform`, `lbtw`, `dwa`, `famo`).
+    fn name(&self) -> &'static str;
+    /// K, the number of tasks.
+    fn num_tasks(&self) -> usize;
+    /// Records one probe (already validated: lengths K, finite, non-negative, 0 mapped to absent).
+    ///
+    /// # Errors
+    /// A method that needs every task returns [`WeightError::MissingTask`].
+    fn observe(&mut self, probe: &Probe<'_>) -> Result<(), WeightError>;
+    /// Computes the weights used by training step `step` from the probes so far.
+    fn compute(&mut self, step: u64) -> Computed;
+}
+
+/// The selectable methods (`[coba] method` in configs, `--method` in the CLI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodKind {
+    /// [`Coba`].
+    #[default]
+    Coba,
+    /// [`Uniform`].
+    Uniform,
+    /// [`Lbtw`].
+    Lbtw,
+    /// [`Dwa`].
+    Dwa,
+    /// [`Famo`].
+    Famo,
+}
+
+impl MethodKind {
+    /// Every method, in the order they are documented.
+    pub const ALL: [MethodKind; 5] = [
+        MethodKind::Coba,
+        MethodKind::Uniform,
+        MethodKind::Lbtw,
+        MethodKind::Dwa,
+        MethodKind::Famo,
+    ];
+
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodKind::Coba => "coba",
+            MethodKind::Uniform => "uniform",
+            MethodKind::Lbtw => "lbtw",
+            MethodKind::Dwa => "dwa",
+            MethodKind::Famo => "famo",
+        }
+    }
+}
+
+impl FromStr for MethodKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        MethodKind::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown method `{s}` (expected coba, uniform, lbtw, dwa or famo)")
+            })
+    }
+}
+
+impl std::fmt::Display for MethodKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Settings of a weighter: the `[coba]` config section and the `replay` options.
+/// Defaults (CoBa paper / MFTCoder): method coba, variant mftcoder, W = 100, H = 200, τ = 5, U = 1.
+/// `variant`, `history_length` and `tau` only affect CoBa (they are still validated).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WeighterConfig {
+    /// Weighting method.
+    pub method: MethodKind,
+    /// CoBa mixing rule.
+    pub variant: Variant,
+    /// W, in steps.
+    pub warmup_steps: u64,
+    /// H, in probes (>= 2).
+    pub history_length: usize,
+    /// τ (finite, > 0).
+    pub tau: f64,
+    /// U, in steps (>= 1).
+    pub update_interval: u64,
+}
+
+impl Default for WeighterConfig {
+    fn default() -> Self {
+        Self {
+            method: MethodKind::Coba,
+            variant: Variant::Mftcoder,
+            warmup_steps: 100,
+            history_length: 200,
+            tau: 5.0,
+            update_interval: 1,
+        }
+    }
+}
+
+/// Any of the methods, as one serializable value (the state saved in checkpoints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum Method {
+    Coba(Coba),
+    Uniform(Uniform),
+    Lbtw(Lbtw),
+    Dwa(Dwa),
+    Famo(Famo),
+}
+
+impl Method {
+    /// Builds the method `config.method` for `num_tasks` tasks.
+    ///
+    /// # Errors
+    /// [`WeightError::InvalidSetting`] for K = 0, H < 2, τ not finite or <= 0, U = 0.
+    pub fn new(num_tasks: usize, config: &WeighterConfig) -> Result<Self, WeightError> {
+        // Validate CoBa's settings for every method, so a bad config fails the same way whatever
+        // method it selects.
+        let coba = Coba::new(
+            num_tasks,
+            CobaConfig {
+                history_length: config.history_length,
+                tau: config.tau,
+                update_interval: config.update_interval,
+                variant: config.variant,
+            },
+        )?;
+        Ok(match config.method {
+            MethodKind::Coba => Method::Coba(coba),
+            MethodKind::Uniform => Method::Uniform(Uniform::new(num_tasks)?),
+            MethodKind::Lbtw => Method::Lbtw(Lbtw::new(num_tasks)?),
+            MethodKind::Dwa => Method::Dwa(Dwa::new(num_tasks)?),
+            MethodKind::Famo => Method::Famo(Famo::new(num_tasks)?),
+        })
+    }
+
+    fn inner(&self) -> &dyn TaskWeighter {
+        match self {
+            Method::Coba(m) => m,
+            Method::Uniform(m) => m,
+            Method::Lbtw(m) => m,
+            Method::Dwa(m) => m,
+            Method::Famo(m) => m,
+        }
+    }
+
+    fn inner_mut(&mut self) -> &mut dyn TaskWeighter {
+        match self {
+            Method::Coba(m) => m,
+            Method::Uniform(m) => m,
+            Method::Lbtw(m) => m,
+            Method::Dwa(m) => m,
+            Method::Famo(m) => m,
+        }
+    }
+}
+
+impl TaskWeighter for Method {
+    fn name(&self) -> &'static str {
+        self.inner().name()
+    }
+    fn num_tasks(&self) -> usize {
+        self.inner().num_tasks()
+    }
+    fn observe(&mut self, probe: &Probe<'_>) -> Result<(), WeightError> {
+        self.inner_mut().observe(probe)
+    }
+    fn compute(&mut self, step: u64) -> Computed {
+        self.inner_mut().compute(step)
+    }
+}
+
+/// The weights of one training step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepWeights {
+    /// The training step.
+    pub step: u64,
+    /// Where the weights come from.
+    pub source: Source,
+    /// K positive weights summing to 1 (config task order).
+    pub weights: Vec<f64>,
+    /// CoBa's intermediates on `computed` steps; `None` otherwise and for baselines.
+    pub explain: Option<CobaExplain>,
+}
+
+/// A weighting rule driven by the [`Schedule`]: the one object the trainer and `replay` use.
+///
+/// Call [`weights_for_step`](Self::weights_for_step) for `step = 0, 1, 2, ...` in order, and
+/// [`observe_probe`](Self::observe_probe) after the update of every probe step. The whole value
+/// is serde-serializable: restoring it continues with identical weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Weighter<M = Method> {
+    schedule: Schedule,
+    /// `l_i(0)` from the full validation pass before step 0 (finite, > 0).
+    initial_losses: Vec<f64>,
+    method: M,
+    /// The step whose weights are asked for next.
+    next_step: u64,
+    /// The last step that was probed.
+    last_probe: Option<u64>,
+    /// The last computed weights (carried between computations).
+    current: Option<Vec<f64>>,
+}
+
+impl Weighter<Method> {
+    /// A weighter for the tasks whose initial validation losses are `initial_losses`.
+    ///
+    /// # Errors
+    /// [`WeightError::InvalidSetting`] for K = 0, U = 0, H < 2, τ not finite or <= 0;
+    /// [`WeightError::InvalidInitialLoss`] for an initial loss <= 0 or not finite.
+    pub fn new(config: &WeighterConfig, initial_losses: &[f64]) -> Result<Self, WeightError> {
+        let method = Method::new(initial_losses.len(), config)?;
+        Weighter::with_method(
+            Schedule::new(config.warmup_steps, config.update_interval)?,
+            method,
+            initial_losses,
+        )
+    }
+}
+
+impl<M: TaskWeighter> Weighter<M> {
+    /// Wraps any rule with a schedule.
+    ///
+    /// # Errors
+    /// As [`Weighter::new`]; [`WeightError::WrongTaskCount`] if `initial_losses.len()` is not
+    /// the rule's K.
+    pub fn with_method(
+        schedule: Schedule,
+        method: M,
+        initial_losses: &[f64],
+    ) -> Result<Self, WeightError> {
+        crate::check_num_tasks(initial_losses.len())?;
+        check_len(method.num_tasks(), initial_losses.len())?;
+        for (task, &value) in initial_losses.iter().enumerate() {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(WeightError::InvalidInitialLoss { task, value });
+            }
+        }
+        Ok(Self {
+            schedule,
+            initial_losses: initial_losses.to_vec(),
+            method,
+            next_step: 0,
+            last_probe: None,
+            current: None,
+        })
+    }
+
+    /// The schedule (W, U).
+    pub fn schedule(&self) -> Schedule {
+        self.schedule
+    }
+
+    /// K.
+    pub fn num_tasks(&self) -> usize {
+        self.initial_losses.len()
+    }
+
+    /// The initial losses `l(0)`.
+    pub fn initial_losses(&self) -> &[f64] {
+        &self.initial_losses
+    }
+
+    /// The rule.
+    pub fn method(&self) -> &M {
+        &self.method
+    }
+
+    /// The step whose weights [`weights_for_step`](Self::weights_for_step) expects next.
+    pub fn next_step(&self) -> u64 {
+        self.next_step
+    }
+
+    /// Whether a probe is due after the update of `step`.
+    pub fn is_probe_step(&self, step: u64) -> bool {
+        self.schedule.is_probe_step(step)
+    }
+
+    /// The weights training step `step` uses (step 1 of the replay order).
+    ///
+    /// # Errors
+    /// [`WeightError::OutOfOrder`] unless `step` is the next step, and if the probe due after
+    /// the previous step was not observed.
+    pub fn weights_for_step(&mut self, step: u64) -> Result<StepWeights, WeightError> {
+        if step != self.next_step {
+            return Err(WeightError::OutOfOrder {
+                step,
+                reason: format!("weights for step {} are due next", self.next_step),
+            });
+        }
+        if let Some(prev) = step.checked_sub(1) {
+            if self.schedule.is_probe_step(prev) && self.last_probe != Some(prev) {
+                return Err(WeightError::OutOfOrder {
+                    step,
+                    reason: format!("the probe after step {prev} was not observed"),
+                });
+            }
+        }
+        self.next_step += 1;
+        if self.schedule.is_compute_step(step) {
+            let computed = self.method.compute(step);
+            self.current = Some(computed.weights.clone());
+            return Ok(StepWeights {
+                step,
+                source: Source::Computed,
+                weights: computed.weights,
+                explain: computed.explain,
+            });
+        }
+        let (source, weights) = match &self.current {
+            Some(w) => (Source::Carried, w.clone()),
+            None => (Source::Warmup, crate::math::uniform(self.num_tasks())),
+        };
+        Ok(StepWeights {
+            step,
+            source,
+            weights,
+            explain: None,
+        })
+    }
+
+    /// Records the probe measured after the update of `step` (step 3 of the replay order).
+    /// `losses[i]` is task i's mean validation loss; `None` or `Some(0.0)` mean absent.
+    ///
+    /// # Errors
+    /// [`WeightError::WrongTaskCount`]; [`WeightError::InvalidProbeLoss`] for a negative, NaN or
+    /// infinite loss; [`WeightError::OutOfOrder`] if `step` is not a probe step, or its weights
+    /// were not taken, or it was already probed; [`WeightError::MissingTask`] from baselines.
+    pub fn observe_probe(&mut self, step: u64, losses: &[Option<f64>]) -> Result<(), WeightError> {
+        check_len(self.num_tasks(), losses.len())?;
+        if !self.schedule.is_probe_step(step) {
+            return Err(WeightError::OutOfOrder {
+                step,
+                reason: format!(
+                    "not a probe step (probes follow steps c >= 1 with c % {} == 0)",
+                    self.schedule.update_interval
+                ),
+            });
+        }
+        if self.next_step != step + 1 || self.last_probe == Some(step) {
+            return Err(WeightError::OutOfOrder {
+                step,
+                reason: format!(
+                    "a probe must follow the weights of its own step (next step is {})",
+                    self.next_step
+                ),
+            });
+        }
+        let mut present = Vec::with_capacity(losses.len());
+        for (task, l) in losses.iter().enumerate() {
+            present.push(match *l {
+                Some(v) if !(v.is_finite() && v >= 0.0) => {
+                    return Err(WeightError::InvalidProbeLoss {
+                        step,
+                        task,
+                        value: v,
+                    })
+                }
+                Some(v) if v > 0.0 => Some(v),
+                _ => None,
+            });
+        }
+        let mut ratios = Vec::with_capacity(present.len());
+        for (task, (l, l0)) in present.iter().zip(&self.initial_losses).enumerate() {
+            let ratio = l.map(|l| l / l0);
+            if let (Some(value), Some(r)) = (l, ratio) {
+                if !r.is_finite() {
+                    return Err(WeightError::RatioOverflow {
+                        step,
+                        task,
+                        value: *value,
+                    });
+                }
+            }
+            ratios.push(ratio);
+        }
+        self.method.observe(&Probe {
+            step,
+            losses: &present,
+            ratios: &ratios,
+        })?;
+        self.last_probe = Some(step);
+        Ok(())
+    }
+}
+
+fn check_len(expected: usize, got: usize) -> Result<(), WeightError> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(WeightError::WrongTaskCount { expected, got })
+    }
+}

@@ -1,0 +1,6 @@
+//! The coba-dist trainer: command line, replay, and (as the issues land) the model, optimizer,
+//! training loop, checkpoints and metrics. See ARCHITECTURE.md.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod replay;
