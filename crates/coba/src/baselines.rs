@@ -133,7 +133,12 @@ impl TaskWeighter for Dwa {
     fn compute(&mut self, _step: u64) -> Computed {
         Computed::plain(match (&self.previous, &self.latest) {
             (Some(prev), Some(last)) => {
-                softmax(last.iter().zip(prev).map(|(l, p)| l / p / DWA_TEMPERATURE))
+                // Clamped: 1e10 / 1e-300 would be +inf, and softmax(inf) is NaN.
+                softmax(
+                    last.iter()
+                        .zip(prev)
+                        .map(|(l, p)| (l / p).min(f64::MAX) / DWA_TEMPERATURE),
+                )
             }
             _ => uniform(self.num_tasks),
         })

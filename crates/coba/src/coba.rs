@@ -82,17 +82,21 @@ impl SlopeHistory {
             *s += a.abs();
         }
         self.cols.push_back(col);
+        let mut exact = false;
         while self.first < window_start {
             let Some(old) = self.cols.pop_front() else {
                 break;
             };
-            for (s, a) in self.abs_sum.iter_mut().zip(&old) {
-                *s -= a.abs();
-            }
             self.first += 1;
             self.evictions_since_exact += 1;
+            let left = self.cols.len() as f64;
+            for (s, a) in self.abs_sum.iter_mut().zip(&old) {
+                *s -= a.abs();
+                // A slope large next to what remains: the running sum would keep its rounding.
+                exact |= a.abs() > SPIKE_FACTOR * *s / left;
+            }
         }
-        if self.evictions_since_exact > self.cols.len() {
+        if exact || self.evictions_since_exact > self.cols.len() {
             for (k, s) in self.abs_sum.iter_mut().enumerate() {
                 *s = self.cols.iter().map(|c| c[k].abs()).sum();
             }
@@ -101,12 +105,20 @@ impl SlopeHistory {
     }
 }
 
+/// An evicted slope this many times larger than the mean magnitude left in the ACS window
+/// forces an exact recomputation of the window sums.
+const SPIKE_FACTOR: f64 = 16.0;
+
+/// Largest accepted τ. Beyond it the DF logits `τ n A / Σ|A|` can overflow to infinity
+/// (and τ = 1e6 already makes DF a hard arg-max).
+pub const MAX_TAU: f64 = 1e6;
+
 /// Configuration of [`Coba`]. Defaults: H = 200, τ = 5, variant `mftcoder`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CobaConfig {
     /// H: number of most recent probes in the slope fit (>= 2).
     pub history_length: usize,
-    /// τ: temperature of the DF softmax, Eq. 7 (finite, > 0).
+    /// τ: temperature of the DF softmax, Eq. 7 (0 < τ <= [`MAX_TAU`]).
     pub tau: f64,
     /// U: update interval in steps (>= 1); needed for the ACS window start `c // U − H`.
     pub update_interval: u64,
@@ -141,7 +153,7 @@ impl Coba {
     /// CoBa for `num_tasks` tasks.
     ///
     /// # Errors
-    /// [`WeightError::InvalidSetting`] for K = 0, H < 2, τ not finite or <= 0, U = 0.
+    /// [`WeightError::InvalidSetting`] for K = 0, H < 2, τ not in (0, [`MAX_TAU`]], U = 0.
     pub fn new(num_tasks: usize, config: CobaConfig) -> Result<Self, WeightError> {
         crate::check_num_tasks(num_tasks)?;
         if config.history_length < 2 {
@@ -151,11 +163,11 @@ impl Coba {
                 reason: "must be >= 2 (a slope needs two points)",
             });
         }
-        if !(config.tau.is_finite() && config.tau > 0.0) {
+        if !(config.tau > 0.0 && config.tau <= MAX_TAU) {
             return Err(WeightError::InvalidSetting {
                 name: "tau",
                 value: config.tau.to_string(),
-                reason: "must be finite and > 0",
+                reason: "must be finite, > 0 and <= 1e6",
             });
         }
         crate::Schedule::new(0, config.update_interval)?;

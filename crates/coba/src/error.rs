@@ -36,15 +36,29 @@ pub enum WeightError {
         /// The rejected loss.
         value: f64,
     },
-    /// A probe loss whose ratio to the initial loss overflows f64 (e.g. 1e300 over 1e-10).
-    #[error("probe at step {step}: loss of task {task} is {value}, whose ratio to the initial loss overflows")]
-    RatioOverflow {
+    /// A probe loss whose ratio to the initial loss is above [`crate::MAX_RATIO`] (e.g. 1e8 over
+    /// 1e-300): certainly a logging error, and the slope sums would overflow.
+    #[error("probe at step {step}: loss of task {task} is {value}, {ratio:e} times its initial loss (at most 1e100 is accepted)")]
+    RatioOutOfRange {
         /// Training step of the probe.
         step: u64,
         /// Task index (config order).
         task: usize,
         /// The loss.
         value: f64,
+        /// The ratio `loss / initial loss`.
+        ratio: f64,
+    },
+    /// A rule produced a non-finite weight: a bug (every input path is guarded); the error
+    /// keeps the trainer from using it.
+    #[error(
+        "weights at step {step} are not finite: {weights:?} (please report this with the loss log)"
+    )]
+    NonFiniteWeights {
+        /// The training step.
+        step: u64,
+        /// The offending weights.
+        weights: Vec<f64>,
     },
     /// A method that needs every task in every probe (all baselines) got an absent task.
     #[error("probe at step {step}: task {task} is absent, but method `{method}` needs every task in every probe")]

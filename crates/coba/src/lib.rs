@@ -38,13 +38,17 @@ mod weighter;
 mod window;
 
 pub use baselines::{Dwa, Famo, Lbtw, Uniform, DWA_TEMPERATURE, FAMO_DECAY, FAMO_LR, LBTW_BETA};
-pub use coba::{Coba, CobaConfig, CobaExplain, Variant};
+pub use coba::{Coba, CobaConfig, CobaExplain, Variant, MAX_TAU};
 pub use error::WeightError;
 pub use schedule::{Schedule, Source};
 pub use weighter::{
     Computed, Method, MethodKind, Probe, StepWeights, TaskWeighter, Weighter, WeighterConfig,
 };
 pub use window::WindowFit;
+
+/// Largest accepted loss ratio `l_i(t) / l_i(0)`; a larger one is
+/// [`WeightError::RatioOutOfRange`] (real curves stay within a few units of 1).
+pub const MAX_RATIO: f64 = 1e100;
 
 fn check_num_tasks(num_tasks: usize) -> Result<(), WeightError> {
     if num_tasks == 0 {

@@ -126,7 +126,7 @@ pub struct WeighterConfig {
     pub warmup_steps: u64,
     /// H, in probes (>= 2).
     pub history_length: usize,
-    /// τ (finite, > 0).
+    /// τ (0 < τ <= 1e6).
     pub tau: f64,
     /// U, in steps (>= 1).
     pub update_interval: u64,
@@ -161,7 +161,7 @@ impl Method {
     /// Builds the method `config.method` for `num_tasks` tasks.
     ///
     /// # Errors
-    /// [`WeightError::InvalidSetting`] for K = 0, H < 2, τ not finite or <= 0, U = 0.
+    /// [`WeightError::InvalidSetting`] for K = 0, H < 2, τ not in (0, 1e6], U = 0.
     pub fn new(num_tasks: usize, config: &WeighterConfig) -> Result<Self, WeightError> {
         // Validate CoBa's settings for every method, so a bad config fails the same way whatever
         // method it selects.
@@ -226,7 +226,8 @@ pub struct StepWeights {
     pub step: u64,
     /// Where the weights come from.
     pub source: Source,
-    /// K positive weights summing to 1 (config task order).
+    /// K weights summing to 1 (config task order), positive unless a softmax underflows
+    /// (possible only for extreme inputs, e.g. K ≳ 700 with the `paper` variant).
     pub weights: Vec<f64>,
     /// CoBa's intermediates on `computed` steps; `None` otherwise and for baselines.
     pub explain: Option<CobaExplain>,
@@ -255,7 +256,7 @@ impl Weighter<Method> {
     /// A weighter for the tasks whose initial validation losses are `initial_losses`.
     ///
     /// # Errors
-    /// [`WeightError::InvalidSetting`] for K = 0, U = 0, H < 2, τ not finite or <= 0;
+    /// [`WeightError::InvalidSetting`] for K = 0, U = 0, H < 2, τ not in (0, 1e6];
     /// [`WeightError::InvalidInitialLoss`] for an initial loss <= 0 or not finite.
     pub fn new(config: &WeighterConfig, initial_losses: &[f64]) -> Result<Self, WeightError> {
         let method = Method::new(initial_losses.len(), config)?;
@@ -329,7 +330,8 @@ impl<M: TaskWeighter> Weighter<M> {
     ///
     /// # Errors
     /// [`WeightError::OutOfOrder`] unless `step` is the next step, and if the probe due after
-    /// the previous step was not observed.
+    /// the previous step was not observed; [`WeightError::NonFiniteWeights`] if a rule ever
+    /// produced a non-finite weight (guarded against; never seen).
     pub fn weights_for_step(&mut self, step: u64) -> Result<StepWeights, WeightError> {
         if step != self.next_step {
             return Err(WeightError::OutOfOrder {
@@ -348,6 +350,12 @@ impl<M: TaskWeighter> Weighter<M> {
         self.next_step += 1;
         if self.schedule.is_compute_step(step) {
             let computed = self.method.compute(step);
+            if !computed.weights.iter().all(|w| w.is_finite()) {
+                return Err(WeightError::NonFiniteWeights {
+                    step,
+                    weights: computed.weights,
+                });
+            }
             self.current = Some(computed.weights.clone());
             return Ok(StepWeights {
                 step,
@@ -373,7 +381,8 @@ impl<M: TaskWeighter> Weighter<M> {
     ///
     /// # Errors
     /// [`WeightError::WrongTaskCount`]; [`WeightError::InvalidProbeLoss`] for a negative, NaN or
-    /// infinite loss; [`WeightError::OutOfOrder`] if `step` is not a probe step, or its weights
+    /// infinite loss; [`WeightError::RatioOutOfRange`] for a loss more than 1e100 times its
+    /// initial loss; [`WeightError::OutOfOrder`] if `step` is not a probe step, or its weights
     /// were not taken, or it was already probed; [`WeightError::MissingTask`] from baselines.
     pub fn observe_probe(&mut self, step: u64, losses: &[Option<f64>]) -> Result<(), WeightError> {
         check_len(self.num_tasks(), losses.len())?;
@@ -412,12 +421,13 @@ impl<M: TaskWeighter> Weighter<M> {
         let mut ratios = Vec::with_capacity(present.len());
         for (task, (l, l0)) in present.iter().zip(&self.initial_losses).enumerate() {
             let ratio = l.map(|l| l / l0);
-            if let (Some(value), Some(r)) = (l, ratio) {
-                if !r.is_finite() {
-                    return Err(WeightError::RatioOverflow {
+            if let (Some(value), Some(ratio)) = (*l, ratio) {
+                if ratio > crate::MAX_RATIO {
+                    return Err(WeightError::RatioOutOfRange {
                         step,
                         task,
-                        value: *value,
+                        value,
+                        ratio,
                     });
                 }
             }
