@@ -1,0 +1,129 @@
+//! The [`Communicator`] trait every backend implements, and small shared pieces.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+
+/// Which engine moves the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A world of one process; collectives are identities.
+    Local,
+    /// MPI (rsmpi over the system's Open MPI / MPICH), host memory.
+    Mpi,
+    /// NCCL on a GPU for the data, MPI for the control plane.
+    Nccl,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Local => "local",
+            Backend::Mpi => "mpi",
+            Backend::Nccl => "nccl",
+        })
+    }
+}
+
+/// A group of cooperating processes (ranks) that run the same program.
+///
+/// All collectives are blocking and must be called by every rank in the same order with the
+/// same lengths (and, for broadcasts, the same root). A rank that cannot continue must call
+/// [`Communicator::abort`] so that no other rank is left waiting forever.
+pub trait Communicator {
+    /// The engine behind this communicator.
+    fn backend(&self) -> Backend;
+    /// This process's rank in the world, `0..world_size()`.
+    fn rank(&self) -> usize;
+    /// Number of processes in the world (>= 1).
+    fn world_size(&self) -> usize;
+    /// Rank among the processes on this host (from MPI's shared-memory split).
+    fn local_rank(&self) -> usize;
+    /// Number of processes on this host.
+    fn local_world_size(&self) -> usize;
+    /// Host name of this process, for diagnostics.
+    fn host(&self) -> String;
+    /// Device the data collectives run on, e.g. `cpu` or `cuda:0 (NVIDIA H200)`.
+    fn device(&self) -> String;
+    /// Record the current training step; it is named in errors and watchdog messages.
+    fn set_step(&self, step: u64);
+    /// The step last given to [`Communicator::set_step`] (0 initially).
+    fn step(&self) -> u64;
+    /// Element-wise sum of `buf` over all ranks, written back into `buf` on every rank.
+    fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()>;
+    /// Element-wise sum of `buf` over all ranks, written back into `buf` on every rank.
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()>;
+    /// Replace `buf` on every rank by the bytes of `root`'s `buf` (any length; receivers'
+    /// buffers are resized).
+    fn broadcast_bytes(&self, buf: &mut Vec<u8>, root: usize) -> Result<()>;
+    /// Replace `buf` on every rank by `root`'s `buf`; all ranks pass the same length.
+    fn broadcast_f64(&self, buf: &mut [f64], root: usize) -> Result<()>;
+    /// Block until every rank has reached the barrier.
+    fn barrier(&self) -> Result<()>;
+    /// Terminate every rank of the job with exit status `code`. Never returns.
+    fn abort(&self, code: i32) -> !;
+}
+
+/// Exit status used when a collective exceeds `collective_timeout_s`.
+pub const EXIT_COLLECTIVE_TIMEOUT: i32 = 124;
+/// Exit status used by [`exit_on_error`] and the panic hook.
+pub const EXIT_RANK_FAILED: i32 = 1;
+
+/// Unwrap `result`, or print the error with this rank's identity to stderr and abort the
+/// whole job with [`EXIT_RANK_FAILED`], so that no peer waits forever on a dead rank.
+pub fn exit_on_error<T, E: fmt::Display>(comm: &dyn Communicator, result: Result<T, E>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(err) => {
+            eprintln!(
+                "coba-dist: rank {} of {} failed at step {}: {err:#}; aborting the job",
+                comm.rank(),
+                comm.world_size(),
+                comm.step()
+            );
+            comm.abort(EXIT_RANK_FAILED)
+        }
+    }
+}
+
+/// A step counter shared between a backend and its watchdog.
+#[derive(Debug, Default)]
+pub(crate) struct StepCounter(AtomicU64);
+
+impl StepCounter {
+    pub(crate) fn set(&self, step: u64) {
+        self.0.store(step, Ordering::Relaxed);
+    }
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Reject a root outside the world.
+pub(crate) fn check_root(
+    collective: &'static str,
+    root: usize,
+    rank: usize,
+    world_size: usize,
+) -> Result<()> {
+    if root < world_size {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument {
+            collective,
+            rank,
+            reason: format!("root {root} is not a rank of a world of {world_size}"),
+        })
+    }
+}
+
+/// This machine's host name, or `unknown`.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".to_owned())
+}

@@ -1,0 +1,319 @@
+//! `coba-dist doctor`: who is in the job, do the collectives compute the right values, and how
+//! fast is an all-reduce.
+//!
+//! Every rank must call [`run`]; rank 0 writes the report. Bandwidths follow nccl-tests:
+//! `algbw = bytes / time`, `busbw = algbw * 2 (n - 1) / n` for an all-reduce over `n` ranks,
+//! in GB/s (10^9 bytes per second); `time` is the mean over ranks of the mean per call.
+
+use std::io::Write;
+use std::time::Instant;
+
+use crate::communicator::Communicator;
+use crate::error::{Error, Result};
+
+/// What [`run`] measures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoctorOptions {
+    /// Smallest all-reduce payload, in bytes (default 1 KiB).
+    pub min_bytes: usize,
+    /// Largest all-reduce payload, in bytes (default 256 MiB).
+    pub max_bytes: usize,
+    /// CPU threads per rank, for the per-rank line (the caller sets them).
+    pub threads: usize,
+}
+
+impl Default for DoctorOptions {
+    fn default() -> Self {
+        Self {
+            min_bytes: 1 << 10,
+            max_bytes: 256 << 20,
+            threads: 1,
+        }
+    }
+}
+
+/// One correctness check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    /// What was checked.
+    pub name: &'static str,
+    /// Number of ranks on which it failed (the same on every rank).
+    pub failed_ranks: usize,
+}
+
+/// One row of the bandwidth table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bandwidth {
+    /// Payload per rank, in bytes.
+    pub bytes: usize,
+    /// Mean time of one all-reduce, in seconds.
+    pub seconds: f64,
+    /// Algorithm bandwidth, GB/s.
+    pub algbw_gbs: f64,
+    /// Bus bandwidth, GB/s.
+    pub busbw_gbs: f64,
+}
+
+/// The doctor's findings (identical on every rank).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// One line per rank, in rank order.
+    pub ranks: Vec<String>,
+    /// Correctness checks.
+    pub checks: Vec<Check>,
+    /// All-reduce bandwidth by payload size.
+    pub bandwidth: Vec<Bandwidth>,
+}
+
+impl Report {
+    /// Whether every check passed on every rank.
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.failed_ranks == 0)
+    }
+}
+
+/// nccl-tests' bus bandwidth of an all-reduce: `algbw * 2 (n - 1) / n`.
+pub fn bus_bandwidth(algbw: f64, world_size: usize) -> f64 {
+    let n = world_size.max(1) as f64;
+    algbw * 2.0 * (n - 1.0) / n
+}
+
+/// Payload sizes from `min` to `max` bytes, doubling, each a multiple of 4 bytes.
+pub fn sizes(min: usize, max: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut s = min.max(4) / 4 * 4;
+    while s <= max {
+        out.push(s);
+        s *= 2;
+    }
+    out
+}
+
+/// Calls per size: enough to time small payloads, few for large ones (same on every rank).
+fn iterations(bytes: usize) -> usize {
+    ((1usize << 30) / bytes.max(1)).clamp(3, 100)
+}
+
+/// A correctness check: `Ok(true)` if this rank saw the expected values.
+type CheckFn = fn(&dyn Communicator) -> Result<bool>;
+
+/// Gather one text line per rank (rank order) on every rank.
+fn gather_lines(comm: &dyn Communicator, own: &str) -> Result<Vec<String>> {
+    let mut lines = Vec::with_capacity(comm.world_size());
+    for root in 0..comm.world_size() {
+        let mut buf = if root == comm.rank() {
+            own.as_bytes().to_vec()
+        } else {
+            Vec::new()
+        };
+        comm.broadcast_bytes(&mut buf, root)?;
+        lines.push(String::from_utf8_lossy(&buf).into_owned());
+    }
+    Ok(lines)
+}
+
+/// Count the ranks where `ok` is false (the result is the same on every rank).
+fn failures(comm: &dyn Communicator, ok: bool) -> Result<usize> {
+    let mut v = [if ok { 0.0 } else { 1.0 }];
+    comm.all_reduce_sum_f64(&mut v)?;
+    Ok(v[0] as usize)
+}
+
+fn check_all_reduce_f32(comm: &dyn Communicator) -> Result<bool> {
+    let r = comm.rank() as f32 + 1.0;
+    let n = comm.world_size() as f32;
+    let mut buf: Vec<f32> = (0..1031).map(|i| r * (i % 13 + 1) as f32).collect();
+    comm.all_reduce_sum_f32(&mut buf)?;
+    let ranks_sum = n * (n + 1.0) / 2.0;
+    Ok(buf
+        .iter()
+        .enumerate()
+        .all(|(i, &x)| x == ranks_sum * (i % 13 + 1) as f32))
+}
+
+fn check_all_reduce_f64(comm: &dyn Communicator) -> Result<bool> {
+    let r = comm.rank() as f64;
+    let n = comm.world_size() as f64;
+    let mut buf: Vec<f64> = (0..517).map(|i| 0.1 * r + 1e-3 * i as f64).collect();
+    comm.all_reduce_sum_f64(&mut buf)?;
+    Ok(buf.iter().enumerate().all(|(i, &x)| {
+        let want = 0.1 * n * (n - 1.0) / 2.0 + n * 1e-3 * i as f64;
+        (x - want).abs() <= 1e-6 * want.abs().max(1.0)
+    }))
+}
+
+fn check_broadcasts(comm: &dyn Communicator) -> Result<bool> {
+    let root = comm.world_size() - 1;
+    let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut bytes = if comm.rank() == root {
+        payload.clone()
+    } else {
+        vec![0xAA; 3]
+    };
+    comm.broadcast_bytes(&mut bytes, root)?;
+    let values: Vec<f64> = (0..257).map(|i| f64::from(i) * 0.25 - 3.0).collect();
+    let mut floats = if comm.rank() == 0 {
+        values.clone()
+    } else {
+        vec![f64::NAN; values.len()]
+    };
+    comm.broadcast_f64(&mut floats, 0)?;
+    Ok(bytes == payload && floats == values)
+}
+
+fn measure(comm: &dyn Communicator, bytes: usize) -> Result<Bandwidth> {
+    let mut buf = vec![1.0f32; bytes / 4];
+    comm.all_reduce_sum_f32(&mut buf)?; // warm-up: page faults, connection set-up
+    comm.barrier()?;
+    let iters = iterations(bytes);
+    let start = Instant::now();
+    for _ in 0..iters {
+        comm.all_reduce_sum_f32(&mut buf)?;
+    }
+    let mut seconds = [start.elapsed().as_secs_f64() / iters as f64];
+    comm.all_reduce_sum_f64(&mut seconds)?;
+    let seconds = seconds[0] / comm.world_size() as f64;
+    let algbw_gbs = bytes as f64 / seconds / 1e9;
+    Ok(Bandwidth {
+        bytes,
+        seconds,
+        algbw_gbs,
+        busbw_gbs: bus_bandwidth(algbw_gbs, comm.world_size()),
+    })
+}
+
+/// Run the doctor on every rank; rank 0 prints to `out` as it goes. Returns the report (the
+/// same on every rank); check [`Report::passed`] for the exit status.
+pub fn run(
+    comm: &dyn Communicator,
+    options: &DoctorOptions,
+    out: &mut dyn Write,
+) -> Result<Report> {
+    if options.max_bytes < options.min_bytes {
+        return Err(Error::InvalidArgument {
+            collective: "doctor",
+            rank: comm.rank(),
+            reason: format!(
+                "max_bytes {} is below min_bytes {}",
+                options.max_bytes, options.min_bytes
+            ),
+        });
+    }
+    let lead = comm.rank() == 0;
+    let own = format!(
+        "rank {:>4}/{}  local {:>3}/{}  host {}  backend {}  device {}  threads {}",
+        comm.rank(),
+        comm.world_size(),
+        comm.local_rank(),
+        comm.local_world_size(),
+        comm.host(),
+        comm.backend(),
+        comm.device(),
+        options.threads
+    );
+    let ranks = gather_lines(comm, &own)?;
+    if lead {
+        ranks.iter().try_for_each(|line| writeln!(out, "{line}"))?;
+    }
+    let mut checks = Vec::new();
+    let tests: [(&'static str, CheckFn); 3] = [
+        ("all_reduce_sum_f32 (exact integers)", check_all_reduce_f32),
+        ("all_reduce_sum_f64 (to 1e-6)", check_all_reduce_f64),
+        ("broadcast_bytes and broadcast_f64", check_broadcasts),
+    ];
+    for (name, test) in tests {
+        let failed_ranks = failures(comm, test(comm)?)?;
+        if lead {
+            let verdict = if failed_ranks == 0 {
+                "ok".to_owned()
+            } else {
+                format!("FAILED on {failed_ranks} rank(s)")
+            };
+            writeln!(out, "check {name}: {verdict}")?;
+        }
+        checks.push(Check { name, failed_ranks });
+    }
+    if lead {
+        writeln!(
+            out,
+            "{:>12} {:>12} {:>12} {:>12}",
+            "size(B)", "time(us)", "algbw(GB/s)", "busbw(GB/s)"
+        )?;
+    }
+    let mut bandwidth = Vec::new();
+    for bytes in sizes(options.min_bytes, options.max_bytes) {
+        let row = measure(comm, bytes)?;
+        if lead {
+            writeln!(
+                out,
+                "{:>12} {:>12.1} {:>12.3} {:>12.3}",
+                row.bytes,
+                row.seconds * 1e6,
+                row.algbw_gbs,
+                row.busbw_gbs
+            )?;
+            out.flush()?;
+        }
+        bandwidth.push(row);
+    }
+    let report = Report {
+        ranks,
+        checks,
+        bandwidth,
+    };
+    if lead {
+        let verdict = if report.passed() { "PASSED" } else { "FAILED" };
+        writeln!(out, "doctor: {verdict}")?;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Local;
+
+    #[test]
+    fn busbw_matches_nccl_tests() {
+        assert_eq!(bus_bandwidth(10.0, 1), 0.0);
+        assert_eq!(bus_bandwidth(10.0, 2), 10.0);
+        assert_eq!(bus_bandwidth(12.0, 4), 18.0);
+    }
+
+    #[test]
+    fn sizes_double_from_1_kib_to_256_mib() {
+        let s = sizes(1 << 10, 256 << 20);
+        assert_eq!(s.len(), 19);
+        assert_eq!((s[0], s[18]), (1024, 256 << 20));
+        assert_eq!(sizes(6, 20), [4, 8, 16]);
+    }
+
+    #[test]
+    fn local_doctor_passes_and_prints() {
+        let opts = DoctorOptions {
+            min_bytes: 1024,
+            max_bytes: 4096,
+            threads: 2,
+        };
+        let mut out = Vec::new();
+        let report = run(&Local::new(), &opts, &mut out).unwrap();
+        assert!(report.passed());
+        assert_eq!(report.bandwidth.len(), 3);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("backend local  device cpu  threads 2"),
+            "{text}"
+        );
+        assert!(text.contains("doctor: PASSED"), "{text}");
+    }
+
+    #[test]
+    fn inverted_sizes_are_rejected() {
+        let opts = DoctorOptions {
+            min_bytes: 4096,
+            max_bytes: 1024,
+            threads: 1,
+        };
+        assert!(run(&Local::new(), &opts, &mut Vec::new()).is_err());
+    }
+}
