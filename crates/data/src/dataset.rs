@@ -1,0 +1,287 @@
+//! Loading tasks: files → records → tokenized samples per split, with the bad-line policy,
+//! the overlong policy, the seeded validation carve-out and per-task accounting.
+//!
+//! ```no_run
+//! use data::{config::{DataConfig, TaskSpec}, dataset::load, tokenize::Encoder};
+//! let cfg = DataConfig::with_tasks(vec![TaskSpec { name: "math".into(), paths: vec!["data/tasks/math_gsm8k.jsonl.gz".into()] }]);
+//! let enc = Encoder::from_file("data/tokenizers/smollm2/tokenizer.json".as_ref(), &cfg.template).unwrap();
+//! let ds = load(&cfg, &enc).unwrap();
+//! println!("{} train samples", ds.tasks[0].train.len());
+//! ```
+
+use crate::config::{DataConfig, OnBadLine, Overlong, TaskSpec};
+use crate::format::{parse_line, Record, Split};
+use crate::rng::{str_key, SplitMix64};
+use crate::source::{read_lines, task_files};
+use crate::tokenize::{Encoded, Encoder};
+use crate::{DataError, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A tokenized sample of one task (see [`Encoded`]): `tokens` and 0/1 `loss` per token,
+/// at most `max_seq_len + 1` tokens, with at least one loss token after the first.
+pub type Sample = Encoded;
+
+/// Per-task accounting, all counts after filtering.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct TaskStats {
+    /// Task name.
+    pub name: String,
+    /// Train samples (after the carve-out).
+    pub train: usize,
+    /// Validation samples (including carved ones).
+    pub valid: usize,
+    /// Test samples.
+    pub test: usize,
+    /// Validation samples carved out of train (0 when the data had a valid split).
+    pub carved_valid: usize,
+    /// Non-blank lines read.
+    pub lines: usize,
+    /// Lines skipped under `on_bad_line = "skip"`, by reason.
+    pub skipped: BTreeMap<String, usize>,
+    /// Samples truncated to `max_seq_len`.
+    pub truncated: usize,
+    /// Samples dropped: overlong under `overlong = "drop"`, or left without a loss token.
+    pub dropped: usize,
+    /// Tokens with loss 0 (prompt and markers) over all kept samples, after truncation.
+    pub prompt_tokens: u64,
+    /// Tokens with loss 1 (completions and EOS) over all kept samples, after truncation.
+    pub completion_tokens: u64,
+    /// Loss tokens of the train split.
+    pub train_completion_tokens: u64,
+    /// Longest sample in tokens, before truncation.
+    pub longest_sample: usize,
+}
+
+impl TaskStats {
+    /// Lines skipped for any reason.
+    pub fn skipped_total(&self) -> usize {
+        self.skipped.values().sum()
+    }
+}
+
+/// One loaded task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskData {
+    /// Task name.
+    pub name: String,
+    /// Training samples, in file order.
+    pub train: Vec<Sample>,
+    /// Validation samples, in file order.
+    pub valid: Vec<Sample>,
+    /// Test samples, in file order.
+    pub test: Vec<Sample>,
+    /// Accounting.
+    pub stats: TaskStats,
+}
+
+impl TaskData {
+    /// The samples of `split`.
+    pub fn split(&self, split: Split) -> &[Sample] {
+        match split {
+            Split::Train => &self.train,
+            Split::Valid => &self.valid,
+            Split::Test => &self.test,
+        }
+    }
+}
+
+/// All tasks, in config order (the index is the task id).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// Tasks by id.
+    pub tasks: Vec<TaskData>,
+    /// `max_seq_len` the samples were cut to.
+    pub max_seq_len: usize,
+}
+
+impl Dataset {
+    /// Number of tasks.
+    pub fn num_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Task names by id.
+    pub fn task_names(&self) -> Vec<&str> {
+        self.tasks.iter().map(|t| t.name.as_str()).collect()
+    }
+}
+
+/// Loads every task of `cfg` (through the cache when `cfg.cache_dir` is set).
+pub fn load(cfg: &DataConfig, enc: &Encoder) -> Result<Dataset> {
+    cfg.validate()?;
+    let tasks = cfg
+        .tasks
+        .iter()
+        .map(|spec| match &cfg.cache_dir {
+            Some(dir) => crate::cache::load_task_cached(dir, spec, cfg, enc),
+            None => load_task(spec, cfg, enc),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Dataset {
+        tasks,
+        max_seq_len: cfg.max_seq_len,
+    })
+}
+
+/// Loads one task without the cache.
+pub fn load_task(spec: &TaskSpec, cfg: &DataConfig, enc: &Encoder) -> Result<TaskData> {
+    let files = task_files(&spec.name, &spec.paths)?;
+    load_task_files(spec, &files, cfg, enc)
+}
+
+pub(crate) fn load_task_files(
+    spec: &TaskSpec,
+    files: &[PathBuf],
+    cfg: &DataConfig,
+    enc: &Encoder,
+) -> Result<TaskData> {
+    let mut stats = TaskStats {
+        name: spec.name.clone(),
+        ..Default::default()
+    };
+    // Parse every line first (errors name file and line), then tokenize in parallel.
+    let mut records = Vec::new();
+    for path in files {
+        stats.lines += read_lines(path, |line_no, text| {
+            match (
+                text.and_then(|t| parse_line(t, path, line_no)),
+                cfg.on_bad_line,
+            ) {
+                (Ok(r), _) => records.push(r),
+                (Err(e), OnBadLine::Skip) if e.skip_reason().is_some() => {
+                    let reason = e.skip_reason().unwrap_or("other");
+                    *stats.skipped.entry(reason.to_string()).or_default() += 1;
+                }
+                (Err(e), _) => return Err(e),
+            }
+            Ok(())
+        })?;
+    }
+    let encoded = encode_parallel(enc, &records);
+    let mut by_split: [Vec<Sample>; 3] = Default::default();
+    for (record, mut sample) in records.iter().zip(encoded) {
+        stats.longest_sample = stats.longest_sample.max(sample.tokens.len());
+        let limit = cfg.max_seq_len + 1;
+        let overlong = sample.tokens.len() > limit;
+        if overlong {
+            if cfg.overlong == Overlong::Drop {
+                stats.dropped += 1;
+                continue;
+            }
+            sample.tokens.truncate(limit);
+            sample.loss.truncate(limit);
+        }
+        // A sample must leave at least one target with loss (labels are tokens[1..]).
+        if !sample.loss.iter().skip(1).any(|&l| l == 1) {
+            stats.dropped += 1;
+            continue;
+        }
+        stats.truncated += overlong as usize;
+        by_split[record.split.unwrap_or(Split::Train).index()].push(sample);
+    }
+    let [mut train, mut valid, test] = by_split;
+    let total = train.len() + valid.len() + test.len();
+    if total == 0 {
+        return Err(DataError::EmptySplit {
+            task: spec.name.clone(),
+            split: "train",
+            detail: format!(
+                "a task reduced to zero samples: {} lines, {} skipped, {} dropped",
+                stats.lines,
+                stats.skipped.values().sum::<usize>(),
+                stats.dropped
+            ),
+        });
+    }
+    if valid.is_empty() && train.len() >= 2 {
+        let k = carve_count(train.len(), cfg.valid_fraction);
+        let chosen = carve_indices(train.len(), k, cfg.seed, &spec.name);
+        let mut keep = Vec::with_capacity(train.len() - k);
+        for (i, s) in train.into_iter().enumerate() {
+            if chosen[i] {
+                valid.push(s);
+            } else {
+                keep.push(s);
+            }
+        }
+        train = keep;
+        stats.carved_valid = k;
+    }
+    for (split, v) in [("train", &train), ("valid", &valid)] {
+        if v.is_empty() {
+            return Err(DataError::EmptySplit {
+                task: spec.name.clone(),
+                split,
+                detail: format!(
+                    "{} train, {} valid, {} test samples kept of {} lines",
+                    train.len(),
+                    valid.len(),
+                    test.len(),
+                    stats.lines
+                ),
+            });
+        }
+    }
+    for (i, set) in [&train, &valid, &test].into_iter().enumerate() {
+        for s in set {
+            let c: u64 = s.loss.iter().map(|&l| l as u64).sum();
+            stats.completion_tokens += c;
+            stats.prompt_tokens += s.tokens.len() as u64 - c;
+            if i == 0 {
+                stats.train_completion_tokens += c;
+            }
+        }
+    }
+    stats.train = train.len();
+    stats.valid = valid.len();
+    stats.test = test.len();
+    Ok(TaskData {
+        name: spec.name.clone(),
+        train,
+        valid,
+        test,
+        stats,
+    })
+}
+
+/// Tokenizes `records` on all available cores, preserving order.
+fn encode_parallel(enc: &Encoder, records: &[Record]) -> Vec<Sample> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(records.len().div_ceil(64).max(1));
+    if threads <= 1 {
+        return records.iter().map(|r| enc.encode(&r.content)).collect();
+    }
+    let chunk = records.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = records
+            .chunks(chunk)
+            .map(|c| s.spawn(move || c.iter().map(|r| enc.encode(&r.content)).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
+/// Number of train samples carved out as validation: `round(n · fraction)`, at least 1 and at
+/// most `n - 1`.
+pub fn carve_count(n: usize, fraction: f64) -> usize {
+    ((n as f64 * fraction).round() as usize).clamp(1, n.saturating_sub(1).max(1))
+}
+
+/// Which of `n` train samples go to validation: a seeded choice of `k` indices (the first `k`
+/// of a permutation keyed by `seed` and the task name), so it is stable across runs and ranks.
+pub fn carve_indices(n: usize, k: usize, seed: u64, task: &str) -> Vec<bool> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    SplitMix64::from_keys(seed, &[0xCA27E, str_key(task)]).shuffle(&mut idx);
+    let mut chosen = vec![false; n];
+    for &i in &idx[..k.min(n)] {
+        chosen[i] = true;
+    }
+    chosen
+}
