@@ -2,5 +2,8 @@
 //! training loop, checkpoints and metrics. See ARCHITECTURE.md.
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod cli;
+pub mod model;
+pub mod optim;
 pub mod replay;

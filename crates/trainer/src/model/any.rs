@@ -1,0 +1,101 @@
+//! A model of any supported architecture, chosen by a checkpoint's `model_type`.
+
+use super::batch::TokenBatch;
+use super::error::ModelError;
+use super::llama::Llama;
+use super::lm::CausalLm;
+use super::phi::Phi;
+use candle_core::{DType, Device, Tensor, Var};
+use std::collections::BTreeMap;
+
+/// A Llama-family or Phi model.
+#[derive(Debug)]
+pub enum Model {
+    /// Llama / Mistral / Qwen2 / SmolLM2.
+    Llama(Llama),
+    /// Phi-1 / 1.5 / 2.
+    Phi(Phi),
+}
+
+impl Model {
+    /// The HF `config.json` text of the model's configuration.
+    pub fn config_json(&self) -> String {
+        match self {
+            Model::Llama(m) => m.config().to_json(),
+            Model::Phi(m) => m.config().to_json(),
+        }
+    }
+
+    /// HF `model_type` (`llama`, `mistral`, `qwen2`, `phi`).
+    pub fn model_type(&self) -> &str {
+        match self {
+            Model::Llama(m) => &m.config().model_type,
+            Model::Phi(m) => &m.config().model_type,
+        }
+    }
+
+    /// The Llama-family model, if it is one.
+    pub fn as_llama(&self) -> Option<&Llama> {
+        match self {
+            Model::Llama(m) => Some(m),
+            Model::Phi(_) => None,
+        }
+    }
+
+    /// The Phi model, if it is one.
+    pub fn as_phi(&self) -> Option<&Phi> {
+        match self {
+            Model::Phi(m) => Some(m),
+            Model::Llama(_) => None,
+        }
+    }
+
+    fn inner(&self) -> &dyn CausalLm {
+        match self {
+            Model::Llama(m) => m,
+            Model::Phi(m) => m,
+        }
+    }
+}
+
+impl From<Llama> for Model {
+    fn from(m: Llama) -> Self {
+        Model::Llama(m)
+    }
+}
+
+impl From<Phi> for Model {
+    fn from(m: Phi) -> Self {
+        Model::Phi(m)
+    }
+}
+
+impl CausalLm for Model {
+    fn hidden(&self, batch: &TokenBatch, track: bool) -> Result<Tensor, ModelError> {
+        self.inner().hidden(batch, track)
+    }
+
+    fn head(&self, track: bool) -> (Tensor, Option<Tensor>) {
+        self.inner().head(track)
+    }
+
+    fn head_names(&self) -> (&'static str, Option<&'static str>) {
+        self.inner().head_names()
+    }
+
+    fn params(&self) -> &BTreeMap<String, Var> {
+        self.inner().params()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.inner().vocab_size()
+    }
+
+    fn dtype(&self) -> DType {
+        self.inner().dtype()
+    }
+
+    fn device(&self) -> &Device {
+        self.inner().device()
+    }
+}

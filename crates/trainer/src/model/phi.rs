@@ -1,0 +1,496 @@
+//! Phi-1 / Phi-1.5 / Phi-2 (Microsoft; HF `PhiForCausalLM`) in training mode: LayerNorm,
+//! partial rotary embeddings, GELU MLP, attention and MLP in parallel on the same normed
+//! input (`x + attn(ln(x)) + mlp(ln(x))`), biases everywhere, LM head with a bias.
+
+use super::batch::TokenBatch;
+use super::error::ModelError;
+use super::init::SplitMix64;
+use super::layers::{
+    attention_mask, layer_norm, linear, partial_rope, repeat_kv, rope_tables, softmax_last,
+};
+use super::lm::CausalLm;
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_partial() -> f64 {
+    0.5
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_act() -> String {
+    "gelu_new".into()
+}
+fn default_model_type() -> String {
+    "phi".into()
+}
+fn default_max_pos() -> usize {
+    2048
+}
+
+/// Phi hyper-parameters (HF `PhiConfig` names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhiConfig {
+    /// Always `"phi"`.
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Model width.
+    pub hidden_size: usize,
+    /// MLP inner width.
+    pub intermediate_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads; absent means equal to the query heads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_key_value_heads: Option<usize>,
+    /// `"gelu_new"` / `"gelu_pytorch_tanh"` (tanh approximation) or `"gelu"` (erf).
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    /// LayerNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    /// RoPE base θ.
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    /// Fraction of each head's features that are rotated (Phi-1.5: 0.5).
+    #[serde(default = "default_partial")]
+    pub partial_rotary_factor: f64,
+    /// Longest trained position (informational).
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    /// LM head weight shared with the embeddings (its bias stays separate).
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Every other field of the file, written back unchanged.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl PhiConfig {
+    /// Parses and validates a `config.json` text.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] / [`ModelError::Unsupported`] (`qk_layernorm`, other
+    /// activations, RoPE scaling).
+    pub fn from_json(text: &str) -> Result<Self, ModelError> {
+        let cfg: Self =
+            serde_json::from_str(text).map_err(|e| ModelError::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Pretty JSON for `config.json`.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Key/value heads.
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Per-head width.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    /// Rotated features per head (`partial_rotary_factor * head_dim`, as HF truncates).
+    pub fn rotary_dim(&self) -> usize {
+        (self.partial_rotary_factor * self.head_dim() as f64) as usize
+    }
+
+    /// Checks sizes and rejects what the model does not implement.
+    ///
+    /// # Errors
+    /// See [`PhiConfig::from_json`].
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::Config(m));
+        if self.hidden_size == 0 || self.num_attention_heads == 0 || self.num_hidden_layers == 0 {
+            return bad(
+                "hidden_size, num_attention_heads and num_hidden_layers must be > 0".into(),
+            );
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return bad("hidden_size is not a multiple of num_attention_heads".into());
+        }
+        let kv = self.kv_heads();
+        if kv == 0 || !self.num_attention_heads.is_multiple_of(kv) {
+            return bad("num_attention_heads is not a multiple of num_key_value_heads".into());
+        }
+        let rot = self.rotary_dim();
+        if rot == 0 || !rot.is_multiple_of(2) || rot > self.head_dim() {
+            return bad(format!(
+                "rotary dim {rot} must be even, > 0 and <= head_dim"
+            ));
+        }
+        if self.model_type != "phi" {
+            return Err(ModelError::Unsupported(format!(
+                "model_type {:?}",
+                self.model_type
+            )));
+        }
+        if !matches!(
+            self.hidden_act.as_str(),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu"
+        ) {
+            return Err(ModelError::Unsupported(format!(
+                "hidden_act {}",
+                self.hidden_act
+            )));
+        }
+        if self.extra.get("qk_layernorm").and_then(|v| v.as_bool()) == Some(true) {
+            return Err(ModelError::Unsupported("qk_layernorm".into()));
+        }
+        if let Some(s) = self.extra.get("rope_scaling") {
+            if !s.is_null() {
+                return Err(ModelError::Unsupported(format!("rope_scaling {s}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// A tiny config for tests.
+    pub fn tiny(vocab: usize, hidden: usize, layers: usize, heads: usize) -> Self {
+        Self {
+            model_type: "phi".into(),
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: hidden * 4,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: None,
+            hidden_act: "gelu_new".into(),
+            layer_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            partial_rotary_factor: 0.5,
+            max_position_embeddings: 512,
+            tie_word_embeddings: false,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+/// Every Phi parameter, HF name to shape, name-sorted.
+pub fn phi_parameter_shapes(cfg: &PhiConfig) -> BTreeMap<String, Vec<usize>> {
+    let (d, v, f) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
+    let (hd, nh, nkv) = (cfg.head_dim(), cfg.num_attention_heads, cfg.kv_heads());
+    let mut m = BTreeMap::new();
+    let lin = |m: &mut BTreeMap<String, Vec<usize>>, name: String, out: usize, inp: usize| {
+        m.insert(format!("{name}.weight"), vec![out, inp]);
+        m.insert(format!("{name}.bias"), vec![out]);
+    };
+    lin(&mut m, "lm_head".into(), v, d);
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        lin(&mut m, format!("{p}.self_attn.q_proj"), nh * hd, d);
+        lin(&mut m, format!("{p}.self_attn.k_proj"), nkv * hd, d);
+        lin(&mut m, format!("{p}.self_attn.v_proj"), nkv * hd, d);
+        lin(&mut m, format!("{p}.self_attn.dense"), d, nh * hd);
+        lin(&mut m, format!("{p}.mlp.fc1"), f, d);
+        lin(&mut m, format!("{p}.mlp.fc2"), d, f);
+        m.insert(format!("{p}.input_layernorm.weight"), vec![d]);
+        m.insert(format!("{p}.input_layernorm.bias"), vec![d]);
+    }
+    if cfg.tie_word_embeddings {
+        m.remove("lm_head.weight");
+    }
+    m.insert("model.embed_tokens.weight".into(), vec![v, d]);
+    m.insert("model.final_layernorm.weight".into(), vec![d]);
+    m.insert("model.final_layernorm.bias".into(), vec![d]);
+    m
+}
+
+struct Lin {
+    w: Var,
+    b: Var,
+}
+
+struct PhiLayer {
+    ln_w: Var,
+    ln_b: Var,
+    q: Lin,
+    k: Lin,
+    v: Lin,
+    dense: Lin,
+    fc1: Lin,
+    fc2: Lin,
+}
+
+/// A Phi causal LM whose parameters are trainable candle [`Var`]s.
+pub struct Phi {
+    cfg: PhiConfig,
+    dtype: DType,
+    device: Device,
+    params: BTreeMap<String, Var>,
+    embed: Var,
+    ln_w: Var,
+    ln_b: Var,
+    head: Lin,
+    layers: Vec<PhiLayer>,
+}
+
+impl std::fmt::Debug for Phi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Phi")
+            .field("cfg", &self.cfg)
+            .field("dtype", &self.dtype)
+            .field("parameters", &CausalLm::num_parameters(self))
+            .finish()
+    }
+}
+
+impl Phi {
+    /// A random model reproducible from `seed`: matrices and biases `N(0, std^2)`, norm
+    /// weights `1 + N(0, std^2)`.
+    ///
+    /// # Errors
+    /// Invalid config or tensor allocation failure.
+    pub fn new_random(
+        cfg: PhiConfig,
+        seed: u64,
+        std: f64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        cfg.validate()?;
+        let mut rng = SplitMix64::new(seed);
+        let mut tensors = BTreeMap::new();
+        for (name, shape) in phi_parameter_shapes(&cfg) {
+            let n: usize = shape.iter().product();
+            let mut vals = rng.normal_vec(n, std);
+            if name.contains("layernorm.weight") {
+                vals.iter_mut().for_each(|x| *x += 1.0);
+            }
+            tensors.insert(
+                name,
+                Tensor::from_vec(vals, shape, device)?.to_dtype(dtype)?,
+            );
+        }
+        Self::from_tensors(cfg, tensors, dtype, device)
+    }
+
+    /// Builds the model from named tensors (converted to `dtype`); `lm_head.weight` is ignored
+    /// when tied.
+    ///
+    /// # Errors
+    /// Missing, unexpected or mis-shaped parameters, or an invalid config.
+    pub fn from_tensors(
+        cfg: PhiConfig,
+        tensors: impl IntoIterator<Item = (String, Tensor)>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        cfg.validate()?;
+        let shapes = phi_parameter_shapes(&cfg);
+        let mut params = BTreeMap::new();
+        for (name, t) in tensors {
+            let Some(expected) = shapes.get(&name) else {
+                if name.ends_with("rotary_emb.inv_freq")
+                    || (cfg.tie_word_embeddings && name == "lm_head.weight")
+                {
+                    continue;
+                }
+                return Err(ModelError::UnexpectedParameter(name));
+            };
+            if t.dims() != expected.as_slice() {
+                return Err(ModelError::Shape {
+                    name,
+                    expected: expected.clone(),
+                    got: t.dims().to_vec(),
+                });
+            }
+            let t = t.to_device(device)?.to_dtype(dtype)?;
+            params.insert(name, Var::from_tensor(&t)?);
+        }
+        if let Some(missing) = shapes.keys().find(|n| !params.contains_key(*n)) {
+            return Err(ModelError::MissingParameter(missing.clone()));
+        }
+        let get = |n: &str| params[n].clone();
+        let lin = |p: &str| Lin {
+            w: get(&format!("{p}.weight")),
+            b: get(&format!("{p}.bias")),
+        };
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let p = format!("model.layers.{i}");
+                PhiLayer {
+                    ln_w: get(&format!("{p}.input_layernorm.weight")),
+                    ln_b: get(&format!("{p}.input_layernorm.bias")),
+                    q: lin(&format!("{p}.self_attn.q_proj")),
+                    k: lin(&format!("{p}.self_attn.k_proj")),
+                    v: lin(&format!("{p}.self_attn.v_proj")),
+                    dense: lin(&format!("{p}.self_attn.dense")),
+                    fc1: lin(&format!("{p}.mlp.fc1")),
+                    fc2: lin(&format!("{p}.mlp.fc2")),
+                }
+            })
+            .collect();
+        let embed = get("model.embed_tokens.weight");
+        let head = Lin {
+            w: if cfg.tie_word_embeddings {
+                embed.clone()
+            } else {
+                get("lm_head.weight")
+            },
+            b: get("lm_head.bias"),
+        };
+        Ok(Self {
+            ln_w: get("model.final_layernorm.weight"),
+            ln_b: get("model.final_layernorm.bias"),
+            cfg,
+            dtype,
+            device: device.clone(),
+            params,
+            embed,
+            head,
+            layers,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PhiConfig {
+        &self.cfg
+    }
+
+    fn block(
+        &self,
+        x: &Tensor,
+        l: &PhiLayer,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        track: bool,
+    ) -> candle_core::Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let (nh, nkv, hd) = (
+            self.cfg.num_attention_heads,
+            self.cfg.kv_heads(),
+            self.cfg.head_dim(),
+        );
+        let lin = |x: &Tensor, p: &Lin| linear(x, &w(&p.w, track), Some(&w(&p.b, track)));
+        let h = layer_norm(
+            x,
+            &w(&l.ln_w, track),
+            &w(&l.ln_b, track),
+            self.cfg.layer_norm_eps,
+        )?;
+        let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
+            t.reshape((b, s, n, hd))?.transpose(1, 2)?.contiguous()
+        };
+        let rot = self.cfg.rotary_dim();
+        let q = partial_rope(&heads(lin(&h, &l.q)?, nh)?, rot, cos, sin)?;
+        let k = partial_rope(&heads(lin(&h, &l.k)?, nkv)?, rot, cos, sin)?;
+        let v = heads(lin(&h, &l.v)?, nkv)?;
+        let k = repeat_kv(&k, nh / nkv)?.contiguous()?;
+        let v = repeat_kv(&v, nh / nkv)?.contiguous()?;
+        let att = q.matmul(&k.t()?)?.affine(1.0 / (hd as f64).sqrt(), 0.0)?;
+        let att = match mask {
+            Some(m) => att.broadcast_add(m)?,
+            None => att,
+        };
+        let o = softmax_last(&att)?
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, s, nh * hd))?;
+        let attn = lin(&o, &l.dense)?;
+        let f = lin(&h, &l.fc1)?;
+        let f = if self.cfg.hidden_act == "gelu" {
+            f.gelu_erf()?
+        } else {
+            f.gelu()?
+        };
+        let mlp = lin(&f, &l.fc2)?;
+        (x + attn)? + mlp
+    }
+}
+
+impl CausalLm for Phi {
+    fn hidden(&self, batch: &TokenBatch, track: bool) -> Result<Tensor, ModelError> {
+        batch.validate(self.cfg.vocab_size)?;
+        let (rows, seq, d) = (batch.rows, batch.seq_len, self.cfg.hidden_size);
+        let ids = Tensor::from_slice(&batch.input_ids, rows * seq, &self.device)?;
+        let mut x = w(&self.embed, track)
+            .index_select(&ids, 0)?
+            .reshape((rows, seq, d))?;
+        let positions: Vec<u32> = if batch.position_ids.is_empty() {
+            (0..rows).flat_map(|_| 0..seq as u32).collect()
+        } else {
+            batch.position_ids.clone()
+        };
+        let (cos, sin) = rope_tables(
+            &positions,
+            rows,
+            seq,
+            self.cfg.rotary_dim(),
+            self.cfg.rope_theta,
+            self.dtype,
+            &self.device,
+        )?;
+        let mask = if seq > 1 {
+            Some(attention_mask(
+                &batch.segment_ids,
+                rows,
+                seq,
+                self.dtype,
+                &self.device,
+            )?)
+        } else {
+            None
+        };
+        for layer in &self.layers {
+            x = self.block(&x, layer, &cos, &sin, mask.as_ref(), track)?;
+        }
+        Ok(layer_norm(
+            &x,
+            &w(&self.ln_w, track),
+            &w(&self.ln_b, track),
+            self.cfg.layer_norm_eps,
+        )?)
+    }
+
+    fn head(&self, track: bool) -> (Tensor, Option<Tensor>) {
+        (w(&self.head.w, track), Some(w(&self.head.b, track)))
+    }
+
+    fn head_names(&self) -> (&'static str, Option<&'static str>) {
+        let name = if self.cfg.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        (name, Some("lm_head.bias"))
+    }
+
+    fn params(&self) -> &BTreeMap<String, Var> {
+        &self.params
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+fn w(v: &Var, track: bool) -> Tensor {
+    if track {
+        v.as_tensor().clone()
+    } else {
+        v.as_tensor().detach()
+    }
+}
