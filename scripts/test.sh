@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-cargo test --workspace --locked
+# With the MPI backend: the collectives tests launch real `mpirun -n 2` / `-n 3` jobs.
+cargo test --workspace --locked --features collectives/mpi

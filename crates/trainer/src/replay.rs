@@ -64,6 +64,13 @@ impl Curves {
     /// increasing, a loss that is not a number or is negative, NaN or infinite, an empty cell in
     /// row 0; [`ReplayError::File`] for an empty file or a first row that is not step 0.
     pub fn parse(text: &str) -> Result<Curves, ReplayError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        if text.contains('\r') && !text.contains('\n') && text.trim_end_matches('\r').contains('\r')
+        {
+            return Err(ReplayError::File(
+                "lines end in a bare `\\r` (classic Mac); use `\\n` or `\\r\\n` line ends".into(),
+            ));
+        }
         let mut lines = text
             .lines()
             .enumerate()
@@ -149,6 +156,25 @@ impl Curves {
         })
     }
 
+    /// Parses raw file bytes: as [`parse`](Self::parse) after checking they are UTF-8 (a
+    /// leading byte-order mark is skipped).
+    ///
+    /// # Errors
+    /// [`ReplayError::Csv`] at the line and column of the first byte that is not UTF-8; then as
+    /// [`parse`](Self::parse).
+    pub fn parse_bytes(bytes: &[u8]) -> Result<Curves, ReplayError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Curves::parse(text),
+            Err(e) => {
+                let good = &bytes[..e.valid_up_to()];
+                let line = 1 + good.iter().filter(|b| **b == b'\n').count();
+                let line_start = good.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                let column = 1 + good[line_start..].iter().filter(|b| **b == b',').count();
+                Err(csv_err(line, column, "the file is not UTF-8 text".into()))
+            }
+        }
+    }
+
     /// The last logged step (0 if only row 0 exists).
     pub fn last_step(&self) -> u64 {
         self.rows.last().map_or(0, |r| r.step)
@@ -222,38 +248,69 @@ fn parse_loss(
     Ok(Some(value))
 }
 
-/// Replays `curves` through the method of `config`: one [`StepWeights`] per step `0..=last`.
+/// Most steps one replay produces (one output row each). A larger last step is almost
+/// certainly a typo, and its output would not fit in memory.
+pub const MAX_REPLAY_STEPS: u64 = 10_000_000;
+
+/// Replays `curves` through the method of `config`, calling `emit` with the weights of every
+/// step `0..=last` in order.
 ///
 /// # Errors
-/// [`ReplayError::Settings`] for invalid settings; [`ReplayError::File`] when a probe step
-/// (`c >= 1`, `c % U == 0`) has no row; [`ReplayError::Csv`] naming the row and column of a
-/// value the method rejects (an absent task for a baseline, a ratio that overflows).
-pub fn replay(curves: &Curves, config: &WeighterConfig) -> Result<Vec<StepWeights>, ReplayError> {
+/// Checked before the first step, so `emit` sees nothing on error except for a rejected value:
+/// [`ReplayError::Settings`] for invalid settings; [`ReplayError::File`] when the last step is
+/// above [`MAX_REPLAY_STEPS`] or a probe step (`c >= 1`, `c % U == 0`) has no row.
+/// During the replay: [`ReplayError::Csv`] naming the row and column of a value the method
+/// rejects (an absent task for a baseline, a ratio above 1e100).
+pub fn replay(
+    curves: &Curves,
+    config: &WeighterConfig,
+    mut emit: impl FnMut(&StepWeights),
+) -> Result<(), ReplayError> {
     let mut weighter = Weighter::new(config, &curves.initial_losses)?;
-    let mut rows = curves.rows.iter().peekable();
     let last = curves.last_step();
-    let mut out = Vec::with_capacity(last as usize + 1);
+    if last > MAX_REPLAY_STEPS {
+        let line = curves.rows.last().map_or(0, |r| r.line);
+        return Err(ReplayError::File(format!(
+            "line {line}: step {last} is beyond the replay limit of {MAX_REPLAY_STEPS} steps (a typo?)"
+        )));
+    }
+    check_probe_rows(curves, config.update_interval)?;
+    let mut rows = curves.rows.iter().peekable();
     for step in 0..=last {
-        out.push(weighter.weights_for_step(step)?);
+        emit(&weighter.weights_for_step(step)?);
         // Rows of steps that are not probe steps are ignored (any U replays a per-step log).
-        while rows
-            .next_if(|r| r.step < step || (r.step == step && !weighter.is_probe_step(step)))
-            .is_some()
-        {}
+        while rows.next_if(|r| r.step < step).is_some() {}
         if !weighter.is_probe_step(step) {
             continue;
         }
-        let row = rows.next_if(|r| r.step == step).ok_or_else(|| {
-            ReplayError::File(format!(
-                "step {step} is a probe step (c >= 1 and c % {} == 0) but the file has no row for it",
-                config.update_interval
-            ))
-        })?;
+        let row = rows
+            .next_if(|r| r.step == step)
+            .ok_or_else(|| missing_row(step, config.update_interval))?;
         weighter
             .observe_probe(step, &row.losses)
             .map_err(|e| locate(e, row, &curves.tasks))?;
     }
-    Ok(out)
+    Ok(())
+}
+
+fn missing_row(step: u64, update_interval: u64) -> ReplayError {
+    ReplayError::File(format!(
+        "step {step} is a probe step (c >= 1 and c % {update_interval} == 0) but the file has no row for it"
+    ))
+}
+
+/// Finds the first probe step without a row, in O(rows): between two logged steps `a < b`, the
+/// first probe step after `a` is `(a / U + 1) · U`.
+fn check_probe_rows(curves: &Curves, update_interval: u64) -> Result<(), ReplayError> {
+    let mut prev = 0u64;
+    for row in &curves.rows {
+        let next_probe = (prev / update_interval + 1).checked_mul(update_interval);
+        if let Some(p) = next_probe.filter(|p| *p < row.step) {
+            return Err(missing_row(p, update_interval));
+        }
+        prev = row.step;
+    }
+    Ok(())
 }
 
 /// Turns a per-task probe error into one naming the CSV line and column.
@@ -267,7 +324,7 @@ fn locate(e: WeightError, row: &CurveRow, tasks: &[String]) -> ReplayError {
                 tasks[task]
             ),
         ),
-        WeightError::RatioOverflow { task, value, .. } | WeightError::InvalidProbeLoss { task, value, .. } => {
+        WeightError::RatioOutOfRange { task, value, .. } | WeightError::InvalidProbeLoss { task, value, .. } => {
             csv_err(
                 row.line,
                 task + 2,
@@ -278,44 +335,59 @@ fn locate(e: WeightError, row: &CurveRow, tasks: &[String]) -> ReplayError {
     }
 }
 
-/// Renders replayed weights as the output CSV. Floats use Rust's shortest round-trip form, so
-/// parsing a printed value gives back the same f64. With `explain` (CoBa only) the columns
-/// `df,total_slope,rcs_<task>...,acs_<task>...,slope_<task>...` follow, empty on rows that are
-/// not `computed`.
-pub fn render_csv(tasks: &[String], steps: &[StepWeights], explain: bool) -> String {
-    let mut out = String::new();
-    out.push_str("step,source");
-    for t in tasks {
-        let _ = write!(out, ",{t}");
+/// The output CSV's header: `step,source,<task>...`, and with `explain` (CoBa only)
+/// `df,total_slope,rcs_<task>...,acs_<task>...,slope_<task>...`.
+pub fn csv_header(tasks: &[String], explain: bool) -> Vec<String> {
+    let mut cols = vec!["step".to_string(), "source".to_string()];
+    cols.extend(tasks.iter().cloned());
+    if explain {
+        cols.extend(["df".to_string(), "total_slope".to_string()]);
+        for prefix in ["rcs", "acs", "slope"] {
+            cols.extend(tasks.iter().map(|t| format!("{prefix}_{t}")));
+        }
+    }
+    cols
+}
+
+/// Checks that no task name collides with another output column (a task named `source`, or
+/// `rcs_a` next to a task `a` with `explain`), naming the header cell.
+///
+/// # Errors
+/// [`ReplayError::Csv`] at line 1 and the task's column.
+pub fn check_output_columns(tasks: &[String], explain: bool) -> Result<(), ReplayError> {
+    let header = csv_header(tasks, explain);
+    for (j, task) in tasks.iter().enumerate() {
+        if header.iter().filter(|c| *c == task).count() > 1 {
+            return Err(csv_err(
+                1,
+                j + 2,
+                format!("task name `{task}` collides with an output column of the same name; rename the task"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Appends one output row (with `\n`) for `s`; `k` is the number of tasks. Floats use Rust's
+/// shortest round-trip form, so parsing a printed value gives back the same f64. Explain cells
+/// are empty on rows that are not `computed`.
+pub fn write_csv_row(out: &mut String, s: &StepWeights, k: usize, explain: bool) {
+    let _ = write!(out, "{},{}", s.step, s.source);
+    for w in &s.weights {
+        let _ = write!(out, ",{w:?}");
     }
     if explain {
-        out.push_str(",df,total_slope");
-        for prefix in ["rcs", "acs", "slope"] {
-            for t in tasks {
-                let _ = write!(out, ",{prefix}_{t}");
+        match &s.explain {
+            Some(ex) => {
+                let _ = write!(out, ",{:?},{:?}", ex.df, ex.total_slope);
+                for v in ex.rcs.iter().chain(&ex.acs).chain(&ex.task_slopes) {
+                    let _ = write!(out, ",{v:?}");
+                }
             }
+            None => out.push_str(&",".repeat(2 + 3 * k)),
         }
     }
     out.push('\n');
-    for s in steps {
-        let _ = write!(out, "{},{}", s.step, s.source);
-        for w in &s.weights {
-            let _ = write!(out, ",{w:?}");
-        }
-        if explain {
-            match &s.explain {
-                Some(ex) => {
-                    let _ = write!(out, ",{:?},{:?}", ex.df, ex.total_slope);
-                    for v in ex.rcs.iter().chain(&ex.acs).chain(&ex.task_slopes) {
-                        let _ = write!(out, ",{v:?}");
-                    }
-                }
-                None => out.push_str(&",".repeat(2 + 3 * tasks.len())),
-            }
-        }
-        out.push('\n');
-    }
-    out
 }
 
 /// Whether `method` supports `--explain`.
@@ -326,6 +398,12 @@ pub fn explains(method: MethodKind) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn collect(curves: &Curves, config: &WeighterConfig) -> Result<Vec<StepWeights>, ReplayError> {
+        let mut out = Vec::new();
+        replay(curves, config, |s| out.push(s.clone()))?;
+        Ok(out)
+    }
 
     fn err(text: &str) -> String {
         Curves::parse(text).unwrap_err().to_string()
@@ -346,6 +424,8 @@ mod tests {
     fn malformed_files_name_line_and_column() {
         let cases = [
             ("", "empty"),
+            ("\u{feff}step,a\n0,1\n1,x\n", "line 3, column 2"),
+            ("step,a\r0,1\r1,1\r", "bare `\\r`"),
             ("stp,a\n0,1\n", "line 1, column 1"),
             (
                 "step,a,a\n0,1,1\n",
@@ -385,22 +465,67 @@ mod tests {
             warmup_steps: 0,
             ..Default::default()
         };
-        let e = replay(&curves, &config).unwrap_err().to_string();
+        let mut emitted = 0;
+        let e = replay(&curves, &config, |_| emitted += 1)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("step 2 is a probe step"), "{e}");
+        assert_eq!(emitted, 0, "a missing row is found before the first step");
         // With U = 3 rows 1 and 3 ... row 3 is the only probe step and exists.
         let u3 = WeighterConfig {
             update_interval: 3,
             ..config
         };
-        assert_eq!(replay(&curves, &u3).unwrap().len(), 4);
+        assert_eq!(collect(&curves, &u3).unwrap().len(), 4);
 
         let curves = Curves::parse("step,a,b\n0,1,1\n1,0.9,\n").unwrap();
         let lbtw = WeighterConfig {
             method: MethodKind::Lbtw,
             ..config
         };
-        let e = replay(&curves, &lbtw).unwrap_err().to_string();
+        let e = collect(&curves, &lbtw).unwrap_err().to_string();
         assert!(e.starts_with("line 3, column 3: task `b` is absent"), "{e}");
+    }
+
+    #[test]
+    fn non_utf8_names_line_and_column() {
+        let e = Curves::parse_bytes(b"step,a,b\n0,1,1\n1,0.5,\xff\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "line 3, column 3: the file is not UTF-8 text"
+        );
+        let ok = Curves::parse_bytes(b"\xef\xbb\xbfstep,a\n0,1\n").unwrap();
+        assert_eq!(ok.tasks, vec!["a"]);
+    }
+
+    #[test]
+    fn huge_steps_and_colliding_names_are_errors() {
+        let curves = Curves::parse("step,a\n0,1\n1,1\n99999999999,1\n").unwrap();
+        let config = WeighterConfig::default();
+        let e = collect(&curves, &config).unwrap_err().to_string();
+        assert!(e.starts_with("line 4: step 99999999999 is beyond"), "{e}");
+        let u = WeighterConfig {
+            update_interval: 1000,
+            ..config
+        };
+        let curves = Curves::parse("step,a\n0,1\n1000,1\n1000000,1\n").unwrap();
+        let e = collect(&curves, &u).unwrap_err().to_string();
+        assert!(e.contains("step 2000 is a probe step"), "{e}");
+
+        let tasks = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(check_output_columns(&tasks(&["a", "b"]), true).is_ok());
+        let e = check_output_columns(&tasks(&["a", "source"]), false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("line 1, column 3: task name `source` collides"),
+            "{e}"
+        );
+        assert!(check_output_columns(&tasks(&["a", "rcs_a"]), false).is_ok());
+        let e = check_output_columns(&tasks(&["a", "rcs_a"]), true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("line 1, column 3"), "{e}");
     }
 
     #[test]
@@ -410,8 +535,11 @@ mod tests {
             warmup_steps: 1,
             ..Default::default()
         };
-        let steps = replay(&curves, &config).unwrap();
-        let csv = render_csv(&curves.tasks, &steps, true);
+        let steps = collect(&curves, &config).unwrap();
+        let mut csv = csv_header(&curves.tasks, true).join(",") + "\n";
+        for s in &steps {
+            write_csv_row(&mut csv, s, 2, true);
+        }
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(
             lines[0],

@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod data;
+mod doctor;
 mod replay;
 
 /// Multi-task fine-tuning with CoBa (Convergence Balancer), data parallel over MPI/NCCL.
@@ -17,6 +19,11 @@ pub struct Cli {
 enum Command {
     /// Replay logged validation-loss curves through a weighting method and print the weights.
     Replay(replay::ReplayArgs),
+    /// Inspect training data: `data stats` prints per-task sample and token counts.
+    Data(data::DataArgs),
+    /// Check the data-parallel setup: ranks, collectives, all-reduce bandwidth (run it under
+    /// the training launcher, e.g. `mpirun -n 4 coba-dist doctor`).
+    Doctor(doctor::DoctorArgs),
 }
 
 /// An error that maps to a specific exit code (2 = bad input, as the CLI contract says).
@@ -34,6 +41,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replay(args) => replay::run(&args),
+        Command::Data(args) => data::run(&args),
+        Command::Doctor(args) => doctor::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! `coba-dist replay`: logged validation curves in, per-step task weights out (CSV on stdout).
 
 use super::ExitError;
+use crate::replay::{self, Curves};
 use anyhow::{anyhow, Context};
 use clap::Args;
 use coba::{MethodKind, Variant, WeighterConfig};
@@ -17,17 +18,18 @@ pub struct ReplayArgs {
     /// Weighting method.
     #[arg(long, default_value = "coba", value_parser = clap::value_parser!(MethodKindArg))]
     method: MethodKindArg,
-    /// CoBa variant: `mftcoder` (MFTCoder's official code) or `paper` (Eq. 6, DF clamped to 1).
+    /// CoBa variant: `mftcoder` (MFTCoder's official code) or `paper` (Eq. 6, DF clamped to 1)
+    /// [default: mftcoder].
     #[arg(long)]
     variant: Option<VariantArg>,
     /// W: steps before the first computation.
     #[arg(long, value_name = "W", default_value_t = 100)]
     warmup_steps: u64,
-    /// H: probes in the slope window (CoBa only).
+    /// H: probes in the slope window (CoBa only) [default: 200].
     #[arg(long, value_name = "H")]
     history_length: Option<usize>,
-    /// τ: temperature of the divergence factor (CoBa only).
-    #[arg(long, value_name = "T")]
+    /// τ: temperature of the divergence factor, 0 < τ <= 1e6 (CoBa only) [default: 5].
+    #[arg(long, value_name = "T", allow_negative_numbers = true)]
     tau: Option<f64>,
     /// U: compute weights and probe every U steps.
     #[arg(long, value_name = "U", default_value_t = 1)]
@@ -92,16 +94,21 @@ pub fn run(args: &ReplayArgs) -> Result<(), ExitError> {
         update_interval: args.update_interval,
     };
     let path = &args.losses;
-    let text = std::fs::read_to_string(path)
+    let located =
+        |e: crate::replay::ReplayError| bad_input(anyhow!(e).context(path.display().to_string()));
+    let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read {}", path.display()))
         .map_err(bad_input)?;
-    let curves = crate::replay::Curves::parse(&text)
-        .with_context(|| format!("{}", path.display()))
-        .map_err(bad_input)?;
-    let steps = crate::replay::replay(&curves, &config)
-        .with_context(|| format!("{}", path.display()))
-        .map_err(bad_input)?;
-    let csv = crate::replay::render_csv(&curves.tasks, &steps, args.explain);
+    let curves = Curves::parse_bytes(&bytes).map_err(located)?;
+    replay::check_output_columns(&curves.tasks, args.explain).map_err(located)?;
+    // Rendered in memory: on error nothing reaches stdout.
+    let k = curves.tasks.len();
+    let mut csv = replay::csv_header(&curves.tasks, args.explain).join(",");
+    csv.push('\n');
+    replay::replay(&curves, &config, |s| {
+        replay::write_csv_row(&mut csv, s, k, args.explain)
+    })
+    .map_err(located)?;
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(csv.as_bytes())
