@@ -10,18 +10,8 @@ use std::path::Path;
 use trainer::checkpoint::{load_gguf, load_hf_dir, load_model, save_hf_dir, CheckpointError};
 use trainer::model::{CausalLm, Llama, LlamaConfig, Model, TokenBatch};
 
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+mod common;
+use common::max_abs_diff;
 
 fn tiny(tied: bool) -> Llama {
     let mut cfg = LlamaConfig::tiny(64, 64, 2, 4, 2);
@@ -37,7 +27,7 @@ fn assert_same_params(a: &dyn CausalLm, b: &dyn CausalLm, tol: f32) {
         b.params().keys().collect::<Vec<_>>()
     );
     for (n, v) in a.params() {
-        let d = max_abs(v.as_tensor(), b.params()[n].as_tensor());
+        let d = max_abs_diff(v.as_tensor(), b.params()[n].as_tensor());
         assert!(d <= tol, "{n}: {d}");
     }
 }
@@ -93,7 +83,7 @@ fn hf_dir_round_trip_and_candle_transformers_loads_it() {
         let got = model
             .logits(&TokenBatch::inputs(1, 6, ids.to_vec()))
             .unwrap();
-        let d = max_abs(&got.i((0, 5)).unwrap(), &want);
+        let d = max_abs_diff(&got.i((0, 5)).unwrap(), &want);
         assert!(d < 1e-4, "tied={tied}: {d}");
     }
 }
@@ -119,7 +109,7 @@ fn hf_dir_half_precision_and_shards() {
         let back = load_hf_dir(&path, DType::F32, &Device::Cpu).unwrap();
         for (n, v) in back.params() {
             let want = half[n].to_dtype(DType::F32).unwrap();
-            assert_eq!(max_abs(v.as_tensor(), &want), 0.0, "{dt:?} {n}");
+            assert_eq!(max_abs_diff(v.as_tensor(), &want), 0.0, "{dt:?} {n}");
         }
     }
     // Two shards and an index.
@@ -291,13 +281,13 @@ fn gguf_f32_round_trip_is_exact_and_quantized_types_load() {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            let d = max_abs(v.as_tensor(), back.params()[n].as_tensor()) / scale;
+            let d = max_abs_diff(v.as_tensor(), back.params()[n].as_tensor()) / scale;
             assert!(d < werr, "{ty:?} {n}: relative error {d}");
         }
         let got = back
             .logits(&TokenBatch::inputs(1, 16, ids.clone()))
             .unwrap();
-        let d = max_abs(&got, &want);
+        let d = max_abs_diff(&got, &want);
         eprintln!("{ty:?}: max |logit diff| vs f32 = {d:.2e}");
         assert!(d < lerr, "{ty:?}: {d}");
     }

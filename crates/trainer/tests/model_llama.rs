@@ -7,24 +7,14 @@ use candle_transformers::models::{llama as ref_llama, qwen2 as ref_qwen2};
 use std::collections::HashMap;
 use trainer::model::{CausalLm, Llama, LlamaConfig, TokenBatch};
 
+mod common;
+use common::max_abs_diff;
+
 fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut rng = trainer::model::init::SplitMix64::new(seed);
     (0..n)
         .map(|_| (rng.next_u64() % vocab as u64) as u32)
         .collect()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn var_builder(model: &Llama) -> VarBuilder<'static> {

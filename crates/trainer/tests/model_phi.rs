@@ -8,18 +8,8 @@ use std::collections::HashMap;
 use trainer::checkpoint::{load_hf_dir, save_hf_dir};
 use trainer::model::{CausalLm, Model, Phi, PhiConfig, TokenBatch};
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+mod common;
+use common::max_abs_diff;
 
 fn check(cfg: PhiConfig, seed: u64) -> f32 {
     let dev = Device::Cpu;
