@@ -114,3 +114,19 @@ impl TokenBatch {
         self.task_ids.get(i).copied().unwrap_or(0)
     }
 }
+
+impl From<&data::batch::Batch> for TokenBatch {
+    /// Field-by-field copy of a data-pipeline batch (same names, layout and meaning).
+    fn from(b: &data::batch::Batch) -> Self {
+        Self {
+            rows: b.rows,
+            seq_len: b.seq_len,
+            input_ids: b.input_ids.clone(),
+            labels: b.labels.clone(),
+            loss_mask: b.loss_mask.clone(),
+            position_ids: b.position_ids.clone(),
+            segment_ids: b.segment_ids.clone(),
+            task_ids: b.task_ids.clone(),
+        }
+    }
+}
