@@ -6,4 +6,6 @@ pub mod checkpoint;
 pub mod cli;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod replay;
+pub mod train;

@@ -66,18 +66,46 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
 /// # Errors
 /// [`CheckpointError::Io`] or [`CheckpointError::Format`] on a write failure.
 pub fn save_hf_dir(model: &Model, dir: &Path) -> Result<(), CheckpointError> {
+    let tensors = model.tensors();
+    save_hf_parts(&HfParts {
+        config_json: &model.config_json(),
+        model_type: model.model_type(),
+        dtype: model.dtype(),
+        tensors: &tensors,
+    }, dir)
+}
+
+/// What [`save_hf_parts`] writes: a model's config, type, dtype and named tensors, e.g. an
+/// in-memory snapshot taken so that writing can happen on another thread.
+#[derive(Debug, Clone, Copy)]
+pub struct HfParts<'a> {
+    /// HF `config.json` text.
+    pub config_json: &'a str,
+    /// HF `model_type`.
+    pub model_type: &'a str,
+    /// Parameter dtype (for `torch_dtype`).
+    pub dtype: DType,
+    /// Parameters by HF name.
+    pub tensors: &'a std::collections::BTreeMap<String, Tensor>,
+}
+
+/// [`save_hf_dir`] from parts (config text and tensors) instead of a live model.
+///
+/// # Errors
+/// [`CheckpointError::Io`] or [`CheckpointError::Format`] on a write failure.
+pub fn save_hf_parts(parts: &HfParts<'_>, dir: &Path) -> Result<(), CheckpointError> {
     std::fs::create_dir_all(dir).map_err(|e| CheckpointError::io(dir, e))?;
-    let arch = match model.model_type() {
+    let arch = match parts.model_type {
         "qwen2" => "Qwen2ForCausalLM",
         "mistral" => "MistralForCausalLM",
         "phi" => "PhiForCausalLM",
         _ => "LlamaForCausalLM",
     };
     let mut cfg: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&model.config_json()).map_err(|e| CheckpointError::format(dir, e))?;
+        serde_json::from_str(parts.config_json).map_err(|e| CheckpointError::format(dir, e))?;
     cfg.entry("architectures")
         .or_insert_with(|| serde_json::json!([arch]));
-    let dtype = match model.dtype() {
+    let dtype = match parts.dtype {
         DType::F16 => "float16",
         DType::BF16 => "bfloat16",
         DType::F64 => "float64",
@@ -87,7 +115,11 @@ pub fn save_hf_dir(model: &Model, dir: &Path) -> Result<(), CheckpointError> {
     let text = serde_json::to_string_pretty(&cfg).map_err(|e| CheckpointError::format(dir, e))?;
     let cpath = dir.join("config.json");
     std::fs::write(&cpath, text).map_err(|e| CheckpointError::io(&cpath, e))?;
-    let tensors: HashMap<String, Tensor> = model.tensors().into_iter().collect();
+    let tensors: HashMap<String, Tensor> = parts
+        .tensors
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let wpath = dir.join("model.safetensors");
     candle_core::safetensors::save(&tensors, &wpath).map_err(|e| CheckpointError::format(&wpath, e))
 }

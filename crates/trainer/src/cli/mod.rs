@@ -5,18 +5,36 @@ use std::process::ExitCode;
 
 mod data;
 mod doctor;
+mod eval;
+mod generate;
+mod model_path;
+mod plot;
 mod replay;
+pub mod train;
 
 /// Multi-task fine-tuning with CoBa (Convergence Balancer), data parallel over MPI/NCCL.
 #[derive(Debug, Parser)]
-#[command(name = "coba-dist", version, about, long_about = None)]
+#[command(
+    name = "coba-dist",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// Without a subcommand: train (same as `coba-dist train`).
+    #[command(flatten)]
+    train: train::TrainArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Train: `coba-dist train --config F` (the default command).
+    Train(train::TrainArgs),
+    /// Validate a configuration without training (missing data paths are warnings).
+    Check(train::CheckArgs),
     /// Replay logged validation-loss curves through a weighting method and print the weights.
     Replay(replay::ReplayArgs),
     /// Inspect training data: `data stats` prints per-task sample and token counts.
@@ -24,6 +42,12 @@ enum Command {
     /// Check the data-parallel setup: ranks, collectives, all-reduce bandwidth (run it under
     /// the training launcher, e.g. `mpirun -n 4 coba-dist doctor`).
     Doctor(doctor::DoctorArgs),
+    /// Per-task mean NLL, perplexity and token count of a model on a split (sharded under mpirun).
+    Eval(eval::EvalArgs),
+    /// Generate a completion for one prompt (chat template or --raw), printed on stdout.
+    Generate(generate::GenerateArgs),
+    /// Draw a run's metrics.jsonl as PNG charts (loss ratios, weights, DF, train loss).
+    Plot(plot::PlotArgs),
 }
 
 /// An error that maps to a specific exit code (2 = bad input, as the CLI contract says).
@@ -39,11 +63,39 @@ pub struct ExitError {
 /// exit code: 0 on success, 2 for bad input, 1 otherwise. A closed stdout (`| head`) is success.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     let result = match cli.command {
+        None => train::run(&cli.train),
+        Some(command) => run_command(command),
+    };
+    finish(result)
+}
+
+fn run_command(command: Command) -> Result<(), ExitError> {
+    match command {
         Command::Replay(args) => replay::run(&args),
+        Command::Train(args) => train::run(&args),
+        Command::Check(args) => train::check(&args),
         Command::Data(args) => data::run(&args),
         Command::Doctor(args) => doctor::run(&args),
-    };
+        Command::Eval(args) => eval::run(&args),
+        Command::Generate(args) => generate::run(&args),
+        Command::Plot(args) => plot::run(&args),
+    }
+}
+
+/// Human log lines on stderr (`RUST_LOG` filters; default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn finish(result: Result<(), ExitError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e.error) => ExitCode::SUCCESS,

@@ -1,0 +1,174 @@
+//! `coba-dist generate`: one completion of a prompt, rendered as a one-turn chat with the
+//! template's markers (as in training) or, with `--raw`, as plain text; prints the decoded
+//! completion on stdout.
+
+use super::model_path::{self, bad_input};
+use super::ExitError;
+use crate::model::{CausalLm, Sampling};
+use ::data::config::{TemplateConfig, TemplatePreset};
+use ::data::template::Template;
+use ::data::tokenize::Encoder;
+use anyhow::{anyhow, Context};
+use clap::Args;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tokenizers::Tokenizer;
+
+/// Generate a completion for one prompt.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Model: a Hugging Face directory (config.json + safetensors), a .gguf file, or a
+    /// training checkpoint directory (the HF model in its model/ subdirectory).
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    /// tokenizer.json (e.g. data/tokenizers/smollm2/tokenizer.json).
+    #[arg(long, value_name = "T")]
+    tokenizer: PathBuf,
+    /// The user's message (with --raw: the text to continue).
+    #[arg(long, value_name = "TEXT")]
+    prompt: String,
+    /// Prompt template preset: chatml or mftcoder.
+    #[arg(long, default_value = "chatml", value_parser = ["chatml", "mftcoder"])]
+    template: String,
+    /// System message (rendered with the template's system markers).
+    #[arg(long, value_name = "TEXT", conflicts_with = "raw")]
+    system: Option<String>,
+    /// Most tokens to generate (stops earlier at an end-of-sequence token).
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 = greedy (most likely token).
+    #[arg(
+        long,
+        value_name = "X",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    temperature: f64,
+    /// Seed of the sampler (with --temperature > 0).
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    seed: u64,
+    /// Tokenize the prompt as is, without the template's markers.
+    #[arg(long)]
+    raw: bool,
+}
+
+/// Well-known end-of-sequence tokens, tried in order when no tokenizer_config.json names one.
+const EOS_CANDIDATES: [&str; 4] = ["<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>"];
+
+/// Generates and prints the completion (special tokens removed, then a newline). Generation
+/// stops after `--max-new-tokens` tokens or at the template's EOS (`<|im_end|>` for chatml,
+/// `<|endoftext|>` for mftcoder) or the tokenizer's EOS (see [`tokenizer_eos`]).
+///
+/// # Errors
+/// Exit code 2 for bad input (tokenizer, model path or checkpoint, an empty prompt, a negative
+/// or non-finite temperature, prompt ids outside the model's vocabulary); 1 for a model
+/// failure or a failed write.
+pub fn run(args: &GenerateArgs) -> Result<(), ExitError> {
+    if !(args.temperature.is_finite() && args.temperature >= 0.0) {
+        return Err(bad_input(anyhow!(
+            "--temperature must be a finite number >= 0, got {}",
+            args.temperature
+        )));
+    }
+    let template_cfg = TemplateConfig {
+        preset: match args.template.as_str() {
+            "mftcoder" => TemplatePreset::Mftcoder,
+            _ => TemplatePreset::Chatml,
+        },
+        ..TemplateConfig::default()
+    };
+    let (tokenizer, prompt, template_eos) = if args.raw {
+        let tok = Tokenizer::from_file(&args.tokenizer)
+            .map_err(|e| bad_input(anyhow!("tokenizer {}: {e}", args.tokenizer.display())))?;
+        let ids = tok
+            .encode_fast(args.prompt.as_str(), false)
+            .map_err(|e| bad_input(anyhow!("tokenizing the prompt: {e}")))?
+            .get_ids()
+            .to_vec();
+        let eos = tok.token_to_id(&Template::from_config(&template_cfg).eos);
+        (tok, ids, eos)
+    } else {
+        let enc = Encoder::from_file(&args.tokenizer, &template_cfg).map_err(bad_input)?;
+        let ids = chat_prompt(&enc, &args.prompt, args.system.as_deref());
+        (enc.tokenizer().clone(), ids, Some(enc.eos_id()))
+    };
+    if prompt.is_empty() {
+        return Err(bad_input(anyhow!("the prompt is empty")));
+    }
+    let mut stop: Vec<u32> = template_eos.into_iter().collect();
+    stop.extend(tokenizer_eos(&tokenizer, &args.tokenizer));
+    stop.dedup();
+
+    let model = model_path::load(&args.model)?;
+    let vocab = model.vocab_size();
+    if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
+        return Err(bad_input(anyhow!(
+            "tokenizer {} produces token id {id} but model {} has a vocabulary of {vocab}",
+            args.tokenizer.display(),
+            args.model.display()
+        )));
+    }
+    let sampling = if args.temperature == 0.0 {
+        Sampling::Greedy
+    } else {
+        Sampling::Temperature {
+            temperature: args.temperature,
+            seed: args.seed,
+        }
+    };
+    let mut out = model
+        .generate(&prompt, args.max_new_tokens, &stop, sampling)
+        .context("generating")
+        .map_err(|error| ExitError { code: 1, error })?;
+    if out.last().is_some_and(|t| stop.contains(t)) {
+        out.pop();
+    }
+    let mut text = tokenizer.decode(&out, true).map_err(|e| ExitError {
+        code: 1,
+        error: anyhow!("decoding the completion: {e}"),
+    })?;
+    text.push('\n');
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("writing to stdout")
+        .map_err(|error| ExitError { code: 1, error })
+}
+
+/// Token ids of a one-turn chat prompt, up to and including the assistant prefix:
+/// `[system_prefix system system_suffix] user_prefix prompt user_suffix assistant_prefix`,
+/// each piece tokenized separately exactly as [`Encoder::encode`] does for training samples.
+/// `system` defaults to the template's default system message.
+fn chat_prompt(enc: &Encoder, prompt: &str, system: Option<&str>) -> Vec<u32> {
+    let t = enc.template();
+    let mut ids = Vec::new();
+    if let Some(sys) = system.or(t.default_system.as_deref()) {
+        ids.extend(enc.ids(&t.system_prefix));
+        ids.extend(enc.ids(sys));
+        ids.extend(enc.ids(&t.system_suffix));
+    }
+    ids.extend(enc.ids(&t.user_prefix));
+    ids.extend(enc.ids(prompt));
+    ids.extend(enc.ids(&t.user_suffix));
+    ids.extend(enc.ids(&t.assistant_prefix));
+    ids
+}
+
+/// The tokenizer's own end-of-sequence token: the `eos_token` of a `tokenizer_config.json`
+/// next to `tokenizer.json` when there is one (a string or `{"content": ...}`), else the first
+/// of [`EOS_CANDIDATES`] that is a token of `tok`. A missing or unreadable config file only
+/// means falling back to the candidates.
+fn tokenizer_eos(tok: &Tokenizer, tokenizer_path: &Path) -> Option<u32> {
+    let from_config = tokenizer_path
+        .parent()
+        .map(|dir| dir.join("tokenizer_config.json"))
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|v| match v.get("eos_token")? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            other => other.get("content")?.as_str().map(str::to_string),
+        })
+        .and_then(|s| tok.token_to_id(&s));
+    from_config.or_else(|| EOS_CANDIDATES.iter().find_map(|s| tok.token_to_id(s)))
+}

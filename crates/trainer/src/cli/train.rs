@@ -1,0 +1,196 @@
+//! `coba-dist [--config F]` / `coba-dist train --config F`: the training job, and
+//! `coba-dist check --config F`: validate a configuration without training.
+
+use super::ExitError;
+use crate::train::config::{self, Sources, TrainConfig};
+use crate::train::{AllRanks, Resume};
+use anyhow::{anyhow, Context};
+use clap::Args;
+use collectives::{BackendChoice, InitOptions};
+use std::path::PathBuf;
+
+/// The embedded default job (`configs/demo.toml`), used when no `--config` is given.
+pub const DEMO_TOML: &str = include_str!("../../../../configs/demo.toml");
+
+/// Options of the training job.
+#[derive(Debug, Args, Default)]
+pub struct TrainArgs {
+    /// TOML configuration (see configs/reference.toml). Default: the embedded
+    /// configs/demo.toml (run from the repository root).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override one key, e.g. `--set train.lr=2.0e-5` (repeatable; wins over the file and
+    /// COBA_* environment variables).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Resume from `auto` (the latest checkpoint in output_dir, else start fresh) or a
+    /// checkpoint directory.
+    #[arg(long, value_name = "auto|PATH")]
+    pub resume: Option<String>,
+}
+
+/// Options of `check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// TOML configuration to validate.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Overrides, as for training.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Ranks the job will run on (for the global batch size shown).
+    #[arg(long, default_value_t = 1)]
+    pub world_size: usize,
+}
+
+fn bad(e: impl Into<anyhow::Error>) -> ExitError {
+    ExitError {
+        code: 2,
+        error: e.into(),
+    }
+}
+
+/// Reads the configuration layers: file (or the embedded demo), `COBA_*` env, `--set`.
+///
+/// # Errors
+/// An unreadable file or an invalid configuration (exit code 2).
+pub fn load_config(path: Option<&PathBuf>, sets: &[String]) -> Result<TrainConfig, ExitError> {
+    let toml = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading --config {}", p.display()))
+                .map_err(bad)?;
+            (text, p.display().to_string())
+        }
+        None => (DEMO_TOML.to_string(), "embedded configs/demo.toml".to_string()),
+    };
+    config::load(&Sources {
+        toml: Some(toml),
+        env: config::env_vars(),
+        sets: sets.to_vec(),
+    })
+    .map_err(bad)
+}
+
+/// Runs the training job on this rank.
+pub fn run(args: &TrainArgs) -> Result<(), ExitError> {
+    let cfg = load_config(args.config.as_ref(), &args.set)?;
+    let resume = match args.resume.as_deref() {
+        None => None,
+        Some("auto") => Some(Resume::Auto),
+        Some(p) => Some(Resume::Path(p.into())),
+    };
+    let backend: BackendChoice = cfg
+        .runtime
+        .backend
+        .parse()
+        .map_err(|e: String| bad(anyhow!("key `runtime.backend`: {e}")))?;
+    let comm = collectives::init(&InitOptions {
+        backend,
+        collective_timeout_s: cfg.runtime.collective_timeout_s,
+    })
+    .map_err(|e| ExitError {
+        code: 1,
+        error: e.into(),
+    })?;
+    let comm: &dyn collectives::Communicator = &*comm;
+    let threads = if cfg.runtime.threads > 0 {
+        cfg.runtime.threads
+    } else {
+        collectives::launch::default_threads(comm)
+    };
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // candle sizes its thread pools from this variable on first use.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    if comm.rank() == 0 {
+        tracing::info!(
+            "coba-dist {}: {} rank(s), {} thread(s) per rank, output {}",
+            env!("CARGO_PKG_VERSION"),
+            comm.world_size(),
+            std::env::var("RAYON_NUM_THREADS").unwrap_or_default(),
+            cfg.output_dir.display()
+        );
+        eprintln!("# resolved configuration\n{}", cfg.to_toml());
+    }
+    match crate::train::run(&cfg, comm, resume.as_ref()) {
+        Ok(s) => {
+            if comm.rank() == 0 {
+                let best = s
+                    .best
+                    .map_or("none".into(), |(st, r)| format!("{r:.4} at step {st}"));
+                eprintln!(
+                    "coba-dist: done: {} steps ({}), best mean validation ratio {best}, {:.1} s; \
+                     outputs in {}",
+                    s.steps,
+                    s.stopped_by,
+                    s.wall_time_s,
+                    cfg.output_dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.downcast_ref::<AllRanks>().is_some() || comm.world_size() == 1 => {
+            Err(ExitError { code: 1, error: e })
+        }
+        Err(e) => collectives::exit_on_error(comm, Err(e)),
+    }
+}
+
+/// Validates a configuration: keys and ranges, then the files it names (missing data paths
+/// are warnings, so a cluster config passes on a laptop).
+pub fn check(args: &CheckArgs) -> Result<(), ExitError> {
+    let cfg = load_config(Some(&args.config), &args.set)?;
+    let mut warnings = Vec::new();
+    let tok = &cfg.model.tokenizer;
+    if !tok.is_file() {
+        warnings.push(format!("model.tokenizer {} does not exist here", tok.display()));
+    }
+    if let Some(p) = &cfg.model.path {
+        if !p.exists() {
+            warnings.push(format!("model.path {} does not exist here", p.display()));
+        }
+    }
+    for t in &cfg.data.tasks {
+        for p in &t.paths {
+            if !p.exists() {
+                warnings.push(format!(
+                    "data task `{}`: path {} does not exist here",
+                    t.name,
+                    p.display()
+                ));
+            }
+        }
+    }
+    let t = &cfg.train;
+    let global = t.micro_batch_size * t.grad_accum * args.world_size;
+    println!("configuration {}: OK", args.config.display());
+    println!(
+        "  tasks: {}",
+        cfg.task_names().join(", ")
+    );
+    println!(
+        "  global batch: {global} rows = micro_batch_size {} x grad_accum {} x world_size {}",
+        t.micro_batch_size, t.grad_accum, args.world_size
+    );
+    println!(
+        "  steps: {}",
+        if t.max_steps > 0 {
+            format!("max_steps {}", t.max_steps)
+        } else {
+            format!("{} epoch(s)", t.epochs)
+        }
+    );
+    println!(
+        "  weighting: {} (warmup_steps {}, history_length {}, tau {}, update_interval {})",
+        cfg.coba.method,
+        cfg.coba.warmup_steps,
+        cfg.coba.history_length,
+        cfg.coba.tau,
+        cfg.coba.update_interval
+    );
+    for w in &warnings {
+        println!("  warning: {w}");
+    }
+    Ok(())
+}

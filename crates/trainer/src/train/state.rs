@@ -1,0 +1,303 @@
+//! Training checkpoints: what a resumed run needs, written atomically in the background.
+//!
+//! Layout of `output_dir/checkpoints/step-NNNNNNNN/` (N = optimizer steps completed):
+//! `model/` (HF `config.json` + `model.safetensors`), `optimizer.json` +
+//! `optimizer.safetensors` (AdamW moments), and `state.json` ([`TrainState`]: data cursor,
+//! weighter, best-model bookkeeping, metrics offset), written last. A checkpoint is written
+//! into `.tmp-step-NNNNNNNN/`, every file fsynced, then renamed: a directory named `step-*`
+//! is always complete, and a run killed mid-write leaves only a `.tmp-*` directory that the
+//! next write removes.
+//!
+//! Only rank 0 writes (parameters and optimizer state are identical on every rank after the
+//! all-reduce); every rank reads on resume, so `output_dir` must be on a filesystem all ranks
+//! see.
+
+use crate::checkpoint::{save_hf_parts, HfParts};
+use crate::optim::AdamW;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+/// Format version of `state.json`.
+pub const STATE_VERSION: u32 = 1;
+
+/// Everything besides model and optimizer that a resumed run needs (`state.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// [`STATE_VERSION`].
+    pub version: u32,
+    /// Optimizer steps completed (the next step to run).
+    pub next_step: u64,
+    /// Position of the training data iterator.
+    pub cursor: data::train::Cursor,
+    /// Task names (a resumed run must have the same tasks in the same order).
+    pub tasks: Vec<String>,
+    /// Rows per global step (a resumed run must have the same global batch; the number of
+    /// ranks may differ).
+    pub global_rows: usize,
+    /// Ranks of the run that wrote the checkpoint.
+    pub world_size: usize,
+    /// `l_i(0)`, nats per token.
+    pub initial_val_loss: Vec<f64>,
+    /// The weighting rule's complete state (rank 0's).
+    pub weighter: coba::Weighter,
+    /// Best average validation ratio so far and its step.
+    pub best: Option<(u64, f64)>,
+    /// Evaluations since the best one (early stopping).
+    pub evals_since_best: u64,
+    /// Bytes of `metrics.jsonl` that belong to the steps up to `next_step`.
+    pub metrics_offset: u64,
+    /// The run has no random state besides the seed: data order, mixing and probes are pure
+    /// functions of (seed, epoch, step) and there is no dropout. Kept for the format.
+    pub seed: u64,
+}
+
+/// An in-memory copy of everything a checkpoint holds, cheap to take between steps.
+pub struct Snapshot {
+    /// HF `config.json` text.
+    pub config_json: String,
+    /// HF `model_type`.
+    pub model_type: String,
+    /// Parameter dtype.
+    pub dtype: DType,
+    /// Deep copies of the parameters.
+    pub tensors: BTreeMap<String, Tensor>,
+    /// Optimizer (its moments are replaced, never mutated, by a step: a clone is a snapshot).
+    pub optimizer: AdamW,
+    /// The rest.
+    pub state: TrainState,
+}
+
+/// Name of the checkpoint directory after `step` completed steps.
+pub fn step_dir_name(step: u64) -> String {
+    format!("step-{step:08}")
+}
+
+/// `output_dir/checkpoints`.
+pub fn checkpoints_dir(output_dir: &Path) -> PathBuf {
+    output_dir.join("checkpoints")
+}
+
+/// The complete checkpoints in `output_dir`, oldest first.
+pub fn list_checkpoints(output_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(checkpoints_dir(output_dir)) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name.strip_prefix("step-").and_then(|n| n.parse::<u64>().ok()) {
+            if e.path().join("state.json").is_file() {
+                out.push((n, e.path()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn fsync_file(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("fsync {}", path.display()))
+}
+
+fn fsync_dir(path: &Path) {
+    // Directory fsync makes the rename durable; not every filesystem supports it.
+    if let Ok(f) = File::open(path) {
+        let _ = f.sync_all();
+    }
+}
+
+fn fsync_tree(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_dir() {
+            fsync_tree(&p)?;
+        } else {
+            fsync_file(&p)?;
+        }
+    }
+    fsync_dir(dir);
+    Ok(())
+}
+
+/// Writes `snap` as checkpoint `step-N` under `output_dir/checkpoints`, atomically, then
+/// deletes the oldest checkpoints beyond `keep_last`. `crash_after_model` aborts the process
+/// half-way (a test hook standing in for SIGKILL during a write).
+///
+/// # Errors
+/// Any IO failure, naming the path.
+pub fn write_checkpoint(
+    output_dir: &Path,
+    snap: &Snapshot,
+    keep_last: usize,
+    crash_after_model: bool,
+) -> Result<PathBuf> {
+    let root = checkpoints_dir(output_dir);
+    std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
+    let name = step_dir_name(snap.state.next_step);
+    let tmp = root.join(format!(".tmp-{name}"));
+    let fin = root.join(&name);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("remove {}", tmp.display()))?;
+    }
+    save_hf_parts(
+        &HfParts {
+            config_json: &snap.config_json,
+            model_type: &snap.model_type,
+            dtype: snap.dtype,
+            tensors: &snap.tensors,
+        },
+        &tmp.join("model"),
+    )?;
+    if crash_after_model {
+        eprintln!(
+            "coba-dist: runtime.crash_in_checkpoint: aborting while writing {}",
+            tmp.display()
+        );
+        std::process::abort();
+    }
+    snap.optimizer.save(&tmp)?;
+    let spath = tmp.join("state.json");
+    let text = serde_json::to_string_pretty(&snap.state)?;
+    std::fs::write(&spath, text).with_context(|| format!("write {}", spath.display()))?;
+    fsync_tree(&tmp)?;
+    if fin.exists() {
+        std::fs::remove_dir_all(&fin).with_context(|| format!("remove {}", fin.display()))?;
+    }
+    std::fs::rename(&tmp, &fin)
+        .with_context(|| format!("rename {} -> {}", tmp.display(), fin.display()))?;
+    fsync_dir(&root);
+    let all = list_checkpoints(output_dir);
+    if all.len() > keep_last {
+        for (_, old) in &all[..all.len() - keep_last] {
+            std::fs::remove_dir_all(old).with_context(|| format!("remove {}", old.display()))?;
+        }
+    }
+    // Leftovers of interrupted writes of other steps.
+    if let Ok(rd) = std::fs::read_dir(&root) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok(fin)
+}
+
+/// Reads `state.json` of a checkpoint directory.
+///
+/// # Errors
+/// A missing or malformed file, or another format version.
+pub fn read_state(dir: &Path) -> Result<TrainState> {
+    let p = dir.join("state.json");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?;
+    let st: TrainState =
+        serde_json::from_str(&text).with_context(|| format!("parse {}", p.display()))?;
+    if st.version != STATE_VERSION {
+        bail!(
+            "{}: state version {} (this build reads {STATE_VERSION})",
+            p.display(),
+            st.version
+        );
+    }
+    Ok(st)
+}
+
+/// One background writer: a new job waits for the previous one (so at most one snapshot is
+/// in flight and checkpoints land in order).
+#[derive(Default)]
+pub struct BackgroundWriter {
+    pending: Option<(String, JoinHandle<Result<()>>)>,
+}
+
+impl BackgroundWriter {
+    /// Waits for the write in flight, if any.
+    ///
+    /// # Errors
+    /// The failed write's error (or a panic in it).
+    pub fn wait(&mut self) -> Result<()> {
+        if let Some((what, h)) = self.pending.take() {
+            match h.join() {
+                Ok(r) => r.with_context(|| format!("writing {what}"))?,
+                Err(_) => bail!("writing {what}: the writer thread panicked"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts `job` on a thread after the previous job finished.
+    ///
+    /// # Errors
+    /// The previous job's error.
+    pub fn submit(
+        &mut self,
+        what: String,
+        job: impl FnOnce() -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        self.wait()?;
+        self.pending = Some((what, std::thread::spawn(job)));
+        Ok(())
+    }
+}
+
+impl Drop for BackgroundWriter {
+    /// An early return (an error, a NaN stop) still lets the write in flight finish: a
+    /// checkpoint the log announced must exist.
+    fn drop(&mut self) {
+        if let Err(e) = self.wait() {
+            eprintln!("coba-dist: {e:#}");
+        }
+    }
+}
+
+/// Writes the best model to `output_dir/best/` atomically (HF model, `tokenizer.json`,
+/// `template.json`, `summary.json`).
+///
+/// # Errors
+/// Any IO failure, naming the path.
+pub fn write_best(
+    output_dir: &Path,
+    snap: &Snapshot,
+    tokenizer: &Path,
+    template_json: &str,
+    summary_json: &str,
+) -> Result<()> {
+    let tmp = output_dir.join(".tmp-best");
+    let fin = output_dir.join("best");
+    let old = output_dir.join(".old-best");
+    for d in [&tmp, &old] {
+        if d.exists() {
+            std::fs::remove_dir_all(d).with_context(|| format!("remove {}", d.display()))?;
+        }
+    }
+    save_hf_parts(
+        &HfParts {
+            config_json: &snap.config_json,
+            model_type: &snap.model_type,
+            dtype: snap.dtype,
+            tensors: &snap.tensors,
+        },
+        &tmp,
+    )?;
+    std::fs::copy(tokenizer, tmp.join("tokenizer.json"))
+        .with_context(|| format!("copy {}", tokenizer.display()))?;
+    std::fs::write(tmp.join("template.json"), template_json)?;
+    std::fs::write(tmp.join("summary.json"), summary_json)?;
+    fsync_tree(&tmp)?;
+    if fin.exists() {
+        std::fs::rename(&fin, &old)?;
+    }
+    std::fs::rename(&tmp, &fin)
+        .with_context(|| format!("rename {} -> {}", tmp.display(), fin.display()))?;
+    fsync_dir(output_dir);
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
