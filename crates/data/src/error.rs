@@ -17,8 +17,7 @@ pub enum DataError {
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        #[source]
+        /// The underlying error (in the message, not chained, so `{:#}` prints it once).
         source: std::io::Error,
     },
     /// A line is not valid JSON (or not a JSON object).

@@ -23,15 +23,19 @@ enum DataCommand {
     Stats(StatsArgs),
 }
 
-/// Arguments of `data stats`.
+/// Arguments of `data stats`: either `--config F` or `--tokenizer T --task NAME=PATH...`.
 #[derive(Debug, Args)]
 pub struct StatsArgs {
+    /// A training configuration: its tokenizer, tasks and `[data]` settings (other flags
+    /// except --json are ignored).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["tokenizer", "tasks"])]
+    config: Option<PathBuf>,
     /// tokenizer.json (e.g. data/tokenizers/smollm2/tokenizer.json).
-    #[arg(long, value_name = "T")]
-    tokenizer: PathBuf,
+    #[arg(long, value_name = "T", required_unless_present = "config")]
+    tokenizer: Option<PathBuf>,
     /// A task: NAME=PATH (a .jsonl/.jsonl.gz file or a directory); repeat for more tasks, or
     /// repeat a NAME to give it several paths.
-    #[arg(long = "task", value_name = "NAME=PATH", required = true)]
+    #[arg(long = "task", value_name = "NAME=PATH", required_unless_present = "config")]
     tasks: Vec<String>,
     /// Positions per row; longer samples are truncated.
     #[arg(long, default_value_t = 1024)]
@@ -63,16 +67,26 @@ fn bad_input(error: impl Into<anyhow::Error>) -> ExitError {
 }
 
 fn stats(args: &StatsArgs) -> Result<(), ExitError> {
-    let mut cfg = DataConfig::from_task_args(&args.tasks).map_err(bad_input)?;
-    cfg.max_seq_len = args.max_seq_len;
-    cfg.template.preset = match args.template.as_str() {
-        "mftcoder" => TemplatePreset::Mftcoder,
-        _ => TemplatePreset::Chatml,
+    let (cfg, tokenizer) = match (&args.config, &args.tokenizer) {
+        (Some(path), _) => {
+            let train = super::train::load_config(Some(path), &[])?;
+            (train.data_config(), train.model.tokenizer)
+        }
+        (None, Some(tokenizer)) => {
+            let mut cfg = DataConfig::from_task_args(&args.tasks).map_err(bad_input)?;
+            cfg.max_seq_len = args.max_seq_len;
+            cfg.template.preset = match args.template.as_str() {
+                "mftcoder" => TemplatePreset::Mftcoder,
+                _ => TemplatePreset::Chatml,
+            };
+            if args.skip_bad_lines {
+                cfg.on_bad_line = OnBadLine::Skip;
+            }
+            (cfg, tokenizer.clone())
+        }
+        (None, None) => return Err(bad_input(anyhow!("give --config F or --tokenizer T"))),
     };
-    if args.skip_bad_lines {
-        cfg.on_bad_line = OnBadLine::Skip;
-    }
-    let report = ::data::stats::stats(&cfg, &args.tokenizer).map_err(bad_input)?;
+    let report = ::data::stats::stats(&cfg, &tokenizer).map_err(bad_input)?;
     let text = if args.json {
         report.to_json_pretty() + "\n"
     } else {

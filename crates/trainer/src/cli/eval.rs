@@ -26,16 +26,20 @@ use std::path::PathBuf;
 /// Evaluate a model on the tasks' data.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
+    /// A training configuration: its tokenizer, tasks and `[data]` settings (template,
+    /// max_seq_len, carve-out seed), and by default the model `output_dir/best`.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["tokenizer", "tasks"])]
+    config: Option<PathBuf>,
     /// Model: a Hugging Face directory (config.json + safetensors), a .gguf file, or a
     /// training checkpoint directory (the HF model in its model/ subdirectory).
-    #[arg(long, value_name = "PATH")]
-    model: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "config")]
+    model: Option<PathBuf>,
     /// tokenizer.json (e.g. data/tokenizers/smollm2/tokenizer.json).
-    #[arg(long, value_name = "T")]
-    tokenizer: PathBuf,
+    #[arg(long, value_name = "T", required_unless_present = "config")]
+    tokenizer: Option<PathBuf>,
     /// A task: NAME=PATH (a .jsonl/.jsonl.gz file or a directory); repeat for more tasks, or
     /// repeat a NAME to give it several paths.
-    #[arg(long = "task", value_name = "NAME=PATH", required = true)]
+    #[arg(long = "task", value_name = "NAME=PATH", required_unless_present = "config")]
     tasks: Vec<String>,
     /// Split to evaluate (valid includes the samples carved out of train when the data has no
     /// valid split; train excludes them).
@@ -111,24 +115,51 @@ fn split_of(name: &str) -> Split {
 /// failure after loading aborts the whole job (exit 1).
 pub fn run(args: &EvalArgs) -> Result<(), ExitError> {
     let split = split_of(&args.split);
-    let mut cfg = DataConfig::from_task_args(&args.tasks).map_err(bad_input)?;
-    cfg.max_seq_len = args.max_seq_len;
-    cfg.template.preset = match args.template.as_str() {
-        "mftcoder" => TemplatePreset::Mftcoder,
-        _ => TemplatePreset::Chatml,
+    let (cfg, tokenizer, model_arg) = match &args.config {
+        Some(path) => {
+            let train = super::train::load_config(Some(path), &[])?;
+            let model = args
+                .model
+                .clone()
+                .unwrap_or_else(|| train.output_dir.join("best"));
+            (train.data_config(), train.model.tokenizer, model)
+        }
+        None => {
+            let mut cfg = DataConfig::from_task_args(&args.tasks).map_err(bad_input)?;
+            cfg.max_seq_len = args.max_seq_len;
+            cfg.template.preset = match args.template.as_str() {
+                "mftcoder" => TemplatePreset::Mftcoder,
+                _ => TemplatePreset::Chatml,
+            };
+            let (Some(t), Some(m)) = (&args.tokenizer, &args.model) else {
+                return Err(bad_input(anyhow!("give --config F, or --model, --tokenizer and --task")));
+            };
+            (cfg, t.clone(), m.clone())
+        }
+    };
+    let args = &EvalArgs {
+        config: None,
+        model: Some(model_arg.clone()),
+        tokenizer: Some(tokenizer.clone()),
+        tasks: Vec::new(),
+        split: args.split.clone(),
+        micro_batch: args.micro_batch,
+        max_seq_len: cfg.max_seq_len,
+        template: args.template.clone(),
+        json: args.json,
     };
     cfg.validate().map_err(bad_input)?;
     // Cheap checks first: a wrong model path fails before the data is tokenized.
-    model_path::resolve(&args.model).map_err(bad_input)?;
+    model_path::resolve(&model_arg).map_err(bad_input)?;
     let comm = collectives::init(&InitOptions::default()).map_err(|e| ExitError {
         code: 1,
         error: e.into(),
     })?;
     let comm: &dyn Communicator = &*comm;
-    let enc = Encoder::from_file(&args.tokenizer, &cfg.template).map_err(bad_input)?;
+    let enc = Encoder::from_file(&tokenizer, &cfg.template).map_err(bad_input)?;
     let ds = ::data::dataset::load(&cfg, &enc).map_err(bad_input)?;
     check_split(&ds, split, &cfg)?;
-    let model = model_path::load(&args.model)?;
+    let model = model_path::load(&model_arg)?;
     check_vocab(&ds, split, &model, args)?;
 
     let local = evaluate_rank(&model, &ds, split, comm, args.micro_batch);
@@ -213,8 +244,8 @@ fn check_vocab(
     match max {
         Some(id) if id as usize >= vocab => Err(bad_input(anyhow!(
             "tokenizer {} produces token id {id} but model {} has a vocabulary of {vocab}",
-            args.tokenizer.display(),
-            args.model.display()
+            args.tokenizer.as_deref().unwrap_or(std::path::Path::new("?")).display(),
+            args.model.as_deref().unwrap_or(std::path::Path::new("?")).display()
         ))),
         _ => Ok(()),
     }

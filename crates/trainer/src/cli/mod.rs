@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod compare;
 mod data;
 mod doctor;
 mod eval;
@@ -35,6 +36,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Validate a configuration without training (missing data paths are warnings).
     Check(train::CheckArgs),
+    /// Run the same job once per weighting method and compare per-task validation ratios.
+    Compare(compare::CompareArgs),
     /// Replay logged validation-loss curves through a weighting method and print the weights.
     Replay(replay::ReplayArgs),
     /// Inspect training data: `data stats` prints per-task sample and token counts.
@@ -76,6 +79,7 @@ fn run_command(command: Command) -> Result<(), ExitError> {
         Command::Replay(args) => replay::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Check(args) => train::check(&args),
+        Command::Compare(args) => compare::run(&args),
         Command::Data(args) => data::run(&args),
         Command::Doctor(args) => doctor::run(&args),
         Command::Eval(args) => eval::run(&args),

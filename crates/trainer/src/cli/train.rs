@@ -72,14 +72,14 @@ pub fn load_config(path: Option<&PathBuf>, sets: &[String]) -> Result<TrainConfi
     .map_err(bad)
 }
 
-/// Runs the training job on this rank.
-pub fn run(args: &TrainArgs) -> Result<(), ExitError> {
-    let cfg = load_config(args.config.as_ref(), &args.set)?;
-    let resume = match args.resume.as_deref() {
-        None => None,
-        Some("auto") => Some(Resume::Auto),
-        Some(p) => Some(Resume::Path(p.into())),
-    };
+/// Creates the communicator of `[runtime]` and sizes candle's thread pool (threads = cores /
+/// local ranks unless `runtime.threads` or `RAYON_NUM_THREADS` says otherwise).
+///
+/// # Errors
+/// An unknown backend (exit 2) or a failed MPI/NCCL start (exit 1).
+pub fn start_runtime(
+    cfg: &TrainConfig,
+) -> Result<Box<dyn collectives::Communicator>, ExitError> {
     let backend: BackendChoice = cfg
         .runtime
         .backend
@@ -93,16 +93,28 @@ pub fn run(args: &TrainArgs) -> Result<(), ExitError> {
         code: 1,
         error: e.into(),
     })?;
-    let comm: &dyn collectives::Communicator = &*comm;
     let threads = if cfg.runtime.threads > 0 {
         cfg.runtime.threads
     } else {
-        collectives::launch::default_threads(comm)
+        collectives::launch::default_threads(&*comm)
     };
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         // candle sizes its thread pools from this variable on first use.
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
+    Ok(comm)
+}
+
+/// Runs the training job on this rank.
+pub fn run(args: &TrainArgs) -> Result<(), ExitError> {
+    let cfg = load_config(args.config.as_ref(), &args.set)?;
+    let resume = match args.resume.as_deref() {
+        None => None,
+        Some("auto") => Some(Resume::Auto),
+        Some(p) => Some(Resume::Path(p.into())),
+    };
+    let comm = start_runtime(&cfg)?;
+    let comm: &dyn collectives::Communicator = &*comm;
     if comm.rank() == 0 {
         tracing::info!(
             "coba-dist {}: {} rank(s), {} thread(s) per rank, output {}",
@@ -130,10 +142,18 @@ pub fn run(args: &TrainArgs) -> Result<(), ExitError> {
             }
             Ok(())
         }
-        Err(e) if e.downcast_ref::<AllRanks>().is_some() || comm.world_size() == 1 => {
-            Err(ExitError { code: 1, error: e })
-        }
-        Err(e) => collectives::exit_on_error(comm, Err(e)),
+        Err(e) => Err(fail(comm, e)),
+    }
+}
+
+/// The exit for a failed run: an error every rank shares ([`AllRanks`]) or a single-process
+/// run exits normally; any other error aborts the whole job so no rank waits forever.
+pub fn fail(comm: &dyn collectives::Communicator, e: anyhow::Error) -> ExitError {
+    if e.downcast_ref::<AllRanks>().is_some() || comm.world_size() == 1 {
+        ExitError { code: 1, error: e }
+    } else {
+        collectives::exit_on_error(comm, Err::<(), _>(e));
+        unreachable!("exit_on_error aborts the job")
     }
 }
 

@@ -308,7 +308,9 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
         // 2. Weights from rank 0.
         let mut wbuf = vec![0.0f64; k + 2];
         let mut sw = None;
+        let mut weight_s = 0.0;
         if rank0 {
+            let tw = Instant::now();
             let w = st
                 .weighter
                 .weights_for_step(c)
@@ -317,6 +319,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
             wbuf[1] = source_code(w.source);
             wbuf[2..].copy_from_slice(&w.weights);
             sw = Some(w);
+            weight_s = tw.elapsed().as_secs_f64();
         }
         let tc = Instant::now();
         comm.broadcast_f64(&mut wbuf, 0)?;
@@ -420,6 +423,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
         );
         rec.insert("step_time_s".into(), json!(step_time));
         rec.insert("comm_time_s".into(), json!(comm_s));
+        rec.insert("weight_time_s".into(), json!(weight_s));
         if let Some(ex) = sw.as_ref().and_then(|w| w.explain.as_ref()) {
             rec.insert("df".into(), json!(ex.df));
             rec.insert("rcs".into(), per_task(&names, ex.rcs.iter().map(|v| Some(*v))));
@@ -576,8 +580,29 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
         let p = out.join("summary.json");
         std::fs::write(&p, serde_json::to_string_pretty(&summary)?)
             .with_context(|| format!("write {}", p.display()))?;
+        // Pictures are a convenience: a failure is a warning, never a failed run.
+        if let Err(e) = write_plots(out) {
+            tracing::warn!("plots not written: {e:#}");
+        }
     }
     Ok(summary)
+}
+
+/// `output_dir/plots/*.png` from `metrics.jsonl` (what `coba-dist plot` draws).
+fn write_plots(out: &Path) -> Result<()> {
+    let metrics = crate::plot::RunMetrics::read(&out.join("metrics.jsonl"))?;
+    let dir = out.join("plots");
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let opts = crate::plot::draw::PlotOptions {
+        label: out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let written = crate::plot::draw::write_plots(&metrics, &dir, &opts)?;
+    tracing::info!("wrote {} plots in {}", written.len(), dir.display());
+    Ok(())
 }
 
 fn source_code(s: coba::Source) -> f64 {

@@ -1,0 +1,189 @@
+//! `coba-dist compare --config F --methods uniform,lbtw,famo,coba`: the CoBa paper's
+//! experiment in small. The same job (same data, seed, model init, schedule) runs once per
+//! weighting method into `output_dir/<method>/`; then a table per task: the best
+//! validation-loss ratio over the run's evaluations, the step of that best, the ratio at the
+//! checkpoint the average ratio selects (`best/`), the spread of the tasks' best steps (the
+//! paper's convergence-balance measure: CoBa aims to make tasks peak together), and seconds per
+//! step. Written to stdout and `output_dir/compare.md`.
+
+use super::train::{fail, load_config, start_runtime};
+use super::ExitError;
+use anyhow::{anyhow, Context};
+use clap::Args;
+use coba::MethodKind;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Options of `compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The job (default: the embedded configs/demo.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Comma-separated methods, run in this order.
+    #[arg(long, value_delimiter = ',', default_value = "uniform,lbtw,famo,coba")]
+    methods: Vec<String>,
+    /// Overrides applied to every run, e.g. `--set train.max_steps=200`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+/// One run's numbers for the table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunStats {
+    /// Method name.
+    pub method: String,
+    /// Tasks in id order.
+    pub tasks: Vec<String>,
+    /// Per task: (best ratio, step of the best) over the evaluations.
+    pub best: Vec<(f64, u64)>,
+    /// Per task: the ratio at the evaluation with the lowest mean ratio.
+    pub at_selected: Vec<f64>,
+    /// Step (steps completed) of that evaluation.
+    pub selected_step: u64,
+    /// Mean seconds per optimizer step (`step_time_s` + probe + evaluation time).
+    pub time_per_step_s: f64,
+}
+
+/// Reads a run's `metrics.jsonl` into [`RunStats`].
+///
+/// # Errors
+/// A missing or malformed file, or a run without evaluations.
+pub fn run_stats(method: &str, dir: &Path) -> anyhow::Result<RunStats> {
+    let path = dir.join("metrics.jsonl");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let mut lines = text.lines();
+    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap_or(""))
+        .with_context(|| format!("{}: line 1", path.display()))?;
+    let tasks: Vec<String> = header["tasks"]
+        .as_array()
+        .ok_or_else(|| anyhow!("{}: line 1 has no `tasks`", path.display()))?
+        .iter()
+        .filter_map(|t| t.as_str().map(String::from))
+        .collect();
+    let initial: Vec<f64> = tasks
+        .iter()
+        .map(|t| header["initial_val_loss"][t].as_f64().unwrap_or(f64::NAN))
+        .collect();
+    let mut best = vec![(f64::INFINITY, 0u64); tasks.len()];
+    let mut selected: Option<(f64, u64, Vec<f64>)> = None;
+    let (mut time, mut steps) = (0.0, 0u64);
+    for (i, line) in lines.enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}: line {}", path.display(), i + 2))?;
+        steps += 1;
+        for key in ["step_time_s", "probe_time_s", "eval_time_s"] {
+            time += v[key].as_f64().unwrap_or(0.0);
+        }
+        let Some(mean) = v["val_ratio_mean"].as_f64() else {
+            continue;
+        };
+        let done = v["step"].as_u64().unwrap_or(0) + 1;
+        let ratios: Vec<f64> = tasks
+            .iter()
+            .zip(&initial)
+            .map(|(t, l0)| v["val_loss"][t].as_f64().unwrap_or(f64::NAN) / l0)
+            .collect();
+        for (b, r) in best.iter_mut().zip(&ratios) {
+            if *r < b.0 {
+                *b = (*r, done);
+            }
+        }
+        if selected.as_ref().is_none_or(|s| mean < s.0) {
+            selected = Some((mean, done, ratios));
+        }
+    }
+    let (_, selected_step, at_selected) =
+        selected.ok_or_else(|| anyhow!("{}: the run has no evaluation", path.display()))?;
+    Ok(RunStats {
+        method: method.to_string(),
+        tasks,
+        best,
+        at_selected,
+        selected_step,
+        time_per_step_s: time / steps.max(1) as f64,
+    })
+}
+
+/// The comparison as a Markdown table: one row per (task, method), then per method the
+/// spread of best steps and the time per step.
+pub fn table(runs: &[RunStats]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| task | method | best val ratio | step of best | ratio at selected ckpt |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|");
+    if let Some(first) = runs.first() {
+        for (i, task) in first.tasks.iter().enumerate() {
+            for r in runs {
+                let _ = writeln!(
+                    s,
+                    "| {task} | {} | {:.4} | {} | {:.4} |",
+                    r.method, r.best[i].0, r.best[i].1, r.at_selected[i]
+                );
+            }
+        }
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| method | selected step | mean ratio at selected | spread of best steps | s/step |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+    for r in runs {
+        let steps = r.best.iter().map(|b| b.1);
+        let spread = steps.clone().max().unwrap_or(0) - steps.min().unwrap_or(0);
+        let mean = r.at_selected.iter().sum::<f64>() / r.at_selected.len().max(1) as f64;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.4} | {} | {:.3} |",
+            r.method, r.selected_step, mean, spread, r.time_per_step_s
+        );
+    }
+    s
+}
+
+/// Runs the job once per method, then prints the table (rank 0).
+pub fn run(args: &CompareArgs) -> Result<(), ExitError> {
+    let base = load_config(args.config.as_ref(), &args.set)?;
+    let methods: Vec<MethodKind> = args
+        .methods
+        .iter()
+        .map(|m| {
+            m.trim().parse::<MethodKind>().map_err(|e| ExitError {
+                code: 2,
+                error: anyhow!("--methods: {e}"),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let comm = start_runtime(&base)?;
+    let comm: &dyn collectives::Communicator = &*comm;
+    let mut stats = Vec::new();
+    for m in &methods {
+        let mut cfg = base.clone();
+        cfg.coba.method = *m;
+        cfg.output_dir = base.output_dir.join(m.as_str());
+        if comm.rank() == 0 {
+            tracing::info!("compare: running method {m} into {}", cfg.output_dir.display());
+        }
+        crate::train::run(&cfg, comm, None).map_err(|e| fail(comm, e))?;
+        if comm.rank() == 0 {
+            stats.push(run_stats(m.as_str(), &cfg.output_dir).map_err(|e| ExitError {
+                code: 1,
+                error: e,
+            })?);
+        }
+    }
+    if comm.rank() == 0 {
+        let text = table(&stats);
+        print!("{text}");
+        let p = base.output_dir.join("compare.md");
+        std::fs::write(&p, &text).map_err(|e| ExitError {
+            code: 1,
+            error: anyhow!(e).context(format!("write {}", p.display())),
+        })?;
+    }
+    Ok(())
+}
