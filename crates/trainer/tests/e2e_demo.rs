@@ -112,16 +112,16 @@ fn shortened_demo_on_two_ranks_writes_what_it_promises() {
         assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{s}");
         let step = s["step"].as_u64().unwrap();
         if step < 4 {
-            assert!(w.iter().all(|x| (x - 1.0 / k).abs() < 1e-15), "warm-up step {step}");
+            assert!(
+                w.iter().all(|x| (x - 1.0 / k).abs() < 1e-15),
+                "warm-up step {step}"
+            );
         } else {
             moved |= w.iter().any(|x| (x - 1.0 / k).abs() > 1e-6);
         }
     }
     assert!(moved, "weights never left uniform after W");
-    let first_eval = steps
-        .iter()
-        .find(|s| s.get("val_loss").is_some())
-        .unwrap();
+    let first_eval = steps.iter().find(|s| s.get("val_loss").is_some()).unwrap();
     for t in &tasks {
         let ratio = first_eval["val_loss"][t].as_f64().unwrap()
             / header["initial_val_loss"][t].as_f64().unwrap();

@@ -33,12 +33,19 @@ fn write_tasks(dir: &Path) -> Vec<(String, PathBuf)> {
         for i in 0..40u64 {
             let split = if i < 32 { "train" } else { "valid" };
             let (prompt, completion) = match t {
-                0 => (format!("{} + {} =", i * 7 % 13, i % 5), format!("{}", i * 7 % 13 + i % 5)),
+                0 => (
+                    format!("{} + {} =", i * 7 % 13, i % 5),
+                    format!("{}", i * 7 % 13 + i % 5),
+                ),
                 1 => (format!("repeat {i}"), format!("{i} {i} {i}")),
                 _ => (
                     format!("story {i}"),
-                    ["the cat sat", "a dog ran far", "birds sing at dawn", "rain fell"]
-                        [(i % 4) as usize]
+                    [
+                        "the cat sat",
+                        "a dog ran far",
+                        "birds sing at dawn",
+                        "rain fell",
+                    ][(i % 4) as usize]
                         .repeat(1 + (i % 3) as usize),
                 ),
             };
@@ -65,7 +72,12 @@ impl Job {
         let tasks = write_tasks(dir.path());
         let tasks_toml: Vec<String> = tasks
             .iter()
-            .map(|(n, p)| format!("{{ name = \"{n}\", paths = [{:?}] }}", p.display().to_string()))
+            .map(|(n, p)| {
+                format!(
+                    "{{ name = \"{n}\", paths = [{:?}] }}",
+                    p.display().to_string()
+                )
+            })
             .collect();
         let toml = format!(
             r#"output_dir = {out:?}
@@ -204,8 +216,11 @@ fn file_bytes(p: &Path) -> Vec<u8> {
 }
 
 fn params(dir: &Path) -> BTreeMap<String, Vec<f32>> {
-    let t = candle_core::safetensors::load(dir.join("model/model.safetensors"), &candle_core::Device::Cpu)
-        .unwrap();
+    let t = candle_core::safetensors::load(
+        dir.join("model/model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     t.into_iter()
         .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
         .collect()
@@ -247,7 +262,14 @@ fn coba_weights_in_the_loop_equal_replay_of_the_logged_probes() {
     let out = Command::new(bin())
         .args(["replay", "--losses"])
         .arg(&csv_path)
-        .args(["--warmup-steps", "2", "--history-length", "4", "--update-interval", "2"])
+        .args([
+            "--warmup-steps",
+            "2",
+            "--history-length",
+            "4",
+            "--update-interval",
+            "2",
+        ])
         .output()
         .unwrap();
     ok(&out);
@@ -256,8 +278,14 @@ fn coba_weights_in_the_loop_equal_replay_of_the_logged_probes() {
     for line in replay.lines().skip(1) {
         let cells: Vec<&str> = line.split(',').collect();
         let step: u64 = cells[0].parse().unwrap();
-        let Some(rec) = steps.get(&step) else { continue };
-        assert_eq!(rec["weights_source"].as_str().unwrap(), cells[1], "step {step}");
+        let Some(rec) = steps.get(&step) else {
+            continue;
+        };
+        assert_eq!(
+            rec["weights_source"].as_str().unwrap(),
+            cells[1],
+            "step {step}"
+        );
         let logged = weights(rec, "weights");
         for (i, cell) in cells[2..].iter().enumerate() {
             let want: f64 = cell.parse().unwrap();
@@ -278,7 +306,13 @@ fn coba_weights_in_the_loop_equal_replay_of_the_logged_probes() {
     assert_eq!(steps[&2]["weights_source"], "computed");
     assert_eq!(steps[&3]["weights_source"], "carried");
     // best/ exists with the tokenizer and template beside the weights.
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "template.json", "summary.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "template.json",
+        "summary.json",
+    ] {
         assert!(job.out().join("best").join(f).is_file(), "best/{f}");
     }
 }
@@ -315,6 +349,22 @@ fn resume_is_bit_identical_on_one_rank() {
 }
 
 #[test]
+fn a_fresh_start_over_old_checkpoints_or_a_changed_schedule_is_refused() {
+    let job = Job::new("");
+    ok(&job.run(&["--set", "train.max_steps=3"]));
+    let o = job.run(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--resume auto"), "{err}");
+    let o = job.run(&["--resume", "auto", "--set", "coba.warmup_steps=1"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("weighting settings"), "{err}");
+    // Nothing was appended by the refused runs.
+    assert_eq!(job.steps().len(), 3);
+}
+
+#[test]
 fn resume_is_bit_identical_on_two_ranks() {
     let straight = Job::new("");
     let Some(o) = straight.mpirun(2, &["--set", "train.micro_batch_size=2"]) else {
@@ -326,28 +376,45 @@ fn resume_is_bit_identical_on_two_ranks() {
     ok(&split
         .mpirun(2, &[two[0], two[1], "--set", "train.max_steps=3"])
         .unwrap());
-    ok(&split.mpirun(2, &[two[0], two[1], "--resume", "auto"]).unwrap());
+    ok(&split
+        .mpirun(2, &[two[0], two[1], "--resume", "auto"])
+        .unwrap());
     assert_same_run(&straight, &split, 6);
 }
 
 #[test]
 fn two_ranks_equal_one_rank_on_the_same_global_batch() {
     let two = Job::new("");
-    let Some(o) = two.mpirun(2, &["--set", "train.micro_batch_size=2", "--set", "train.max_steps=5"])
-    else {
+    let Some(o) = two.mpirun(
+        2,
+        &[
+            "--set",
+            "train.micro_batch_size=2",
+            "--set",
+            "train.max_steps=5",
+        ],
+    ) else {
         return;
     };
     ok(&o);
     assert_eq!(two.header()["world_size"], 2);
     let one = Job::new("");
-    ok(&one.run(&["--set", "train.max_steps=5", "--set", "checkpoint.every_steps=5"]));
+    ok(&one.run(&[
+        "--set",
+        "train.max_steps=5",
+        "--set",
+        "checkpoint.every_steps=5",
+    ]));
     let (p1, p2) = (params(&one.checkpoint(5)), params(&two.checkpoint(5)));
     assert_eq!(p1.keys().collect::<Vec<_>>(), p2.keys().collect::<Vec<_>>());
     for (name, a) in &p1 {
         let b = &p2[name];
         let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
         let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(diff / scale < 1e-5, "{name}: max diff {diff} (scale {scale})");
+        assert!(
+            diff / scale < 1e-5,
+            "{name}: max diff {diff} (scale {scale})"
+        );
     }
     let (s1, s2) = (one.steps(), two.steps());
     for (s, r1) in &s1 {
@@ -374,7 +441,10 @@ fn a_kill_during_a_checkpoint_write_resumes_from_the_previous_one() {
     ]);
     assert!(!o.status.success(), "the crash hook did not fire");
     assert!(crashed.checkpoint(2).join("state.json").is_file());
-    assert!(!crashed.checkpoint(4).exists(), "a half-written checkpoint looks complete");
+    assert!(
+        !crashed.checkpoint(4).exists(),
+        "a half-written checkpoint looks complete"
+    );
     ok(&crashed.run(&["--set", "checkpoint.every_steps=2", "--resume", "auto"]));
     assert_same_run(&straight, &crashed, 6);
 }
@@ -397,7 +467,12 @@ fn sigterm_checkpoints_and_exits_cleanly() {
     let child = Command::new(bin())
         .arg("--config")
         .arg(job.config())
-        .args(["--set", "train.max_steps=100000", "--set", "checkpoint.every_steps=0"])
+        .args([
+            "--set",
+            "train.max_steps=100000",
+            "--set",
+            "checkpoint.every_steps=0",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -409,7 +484,11 @@ fn sigterm_checkpoints_and_exits_cleanly() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let summary: serde_json::Value =
@@ -426,11 +505,31 @@ fn config_errors_exit_2_naming_the_key() {
     let o = job.run(&["--set", "train.lrr=1.0"]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("train.lrr") && err.contains("did you mean `train.lr`"), "{err}");
+    assert!(
+        err.contains("train.lrr") && err.contains("did you mean `train.lr`"),
+        "{err}"
+    );
     let o = Command::new(bin())
         .args(["check", "--config"])
         .arg(job.config())
         .output()
         .unwrap();
     ok(&o);
+    // `data stats --config` reads the tasks and [data] settings of the same file.
+    let o = Command::new(bin())
+        .args(["data", "stats", "--json", "--config"])
+        .arg(job.config())
+        .output()
+        .unwrap();
+    ok(&o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let tasks = v["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 3);
+    for t in tasks {
+        assert_eq!(
+            (t["train"].as_u64(), t["valid"].as_u64()),
+            (Some(32), Some(8)),
+            "{t}"
+        );
+    }
 }

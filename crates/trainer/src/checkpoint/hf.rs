@@ -67,12 +67,15 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
 /// [`CheckpointError::Io`] or [`CheckpointError::Format`] on a write failure.
 pub fn save_hf_dir(model: &Model, dir: &Path) -> Result<(), CheckpointError> {
     let tensors = model.tensors();
-    save_hf_parts(&HfParts {
-        config_json: &model.config_json(),
-        model_type: model.model_type(),
-        dtype: model.dtype(),
-        tensors: &tensors,
-    }, dir)
+    save_hf_parts(
+        &HfParts {
+            config_json: &model.config_json(),
+            model_type: model.model_type(),
+            dtype: model.dtype(),
+            tensors: &tensors,
+        },
+        dir,
+    )
 }
 
 /// What [`save_hf_parts`] writes: a model's config, type, dtype and named tensors, e.g. an

@@ -20,7 +20,10 @@ use std::path::Path;
 /// # Errors
 /// See [`load_hf_dir`] and [`load_gguf`].
 pub fn load_model(path: &Path, dtype: DType, device: &Device) -> Result<Model, CheckpointError> {
-    if path.is_dir() && !path.join("config.json").exists() && path.join("model/config.json").exists() {
+    if path.is_dir()
+        && !path.join("config.json").exists()
+        && path.join("model/config.json").exists()
+    {
         // One of our training checkpoints: the HF model sits in `model/`.
         load_hf_dir(&path.join("model"), dtype, device)
     } else if path.is_dir() {

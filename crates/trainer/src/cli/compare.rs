@@ -26,6 +26,9 @@ pub struct CompareArgs {
     /// Overrides applied to every run, e.g. `--set train.max_steps=200`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Do not train: tabulate the runs already in `output_dir/<method>/`.
+    #[arg(long)]
+    no_run: bool,
 }
 
 /// One run's numbers for the table.
@@ -43,6 +46,12 @@ pub struct RunStats {
     pub selected_step: u64,
     /// Mean seconds per optimizer step (`step_time_s` + probe + evaluation time).
     pub time_per_step_s: f64,
+    /// Mean seconds of the training step proper (forward, backward, all-reduce, update).
+    pub train_step_s: f64,
+    /// Mean seconds per step spent in the probe (its forward and reduction).
+    pub probe_per_step_s: f64,
+    /// Mean seconds per step spent computing the weights (rank 0).
+    pub weighting_per_step_s: f64,
 }
 
 /// Reads a run's `metrics.jsonl` into [`RunStats`].
@@ -69,6 +78,7 @@ pub fn run_stats(method: &str, dir: &Path) -> anyhow::Result<RunStats> {
     let mut best = vec![(f64::INFINITY, 0u64); tasks.len()];
     let mut selected: Option<(f64, u64, Vec<f64>)> = None;
     let (mut time, mut steps) = (0.0, 0u64);
+    let (mut train, mut probe, mut weighting) = (0.0, 0.0, 0.0);
     for (i, line) in lines.enumerate() {
         let v: serde_json::Value = serde_json::from_str(line)
             .with_context(|| format!("{}: line {}", path.display(), i + 2))?;
@@ -76,6 +86,9 @@ pub fn run_stats(method: &str, dir: &Path) -> anyhow::Result<RunStats> {
         for key in ["step_time_s", "probe_time_s", "eval_time_s"] {
             time += v[key].as_f64().unwrap_or(0.0);
         }
+        train += v["step_time_s"].as_f64().unwrap_or(0.0);
+        probe += v["probe_time_s"].as_f64().unwrap_or(0.0);
+        weighting += v["weight_time_s"].as_f64().unwrap_or(0.0);
         let Some(mean) = v["val_ratio_mean"].as_f64() else {
             continue;
         };
@@ -103,6 +116,9 @@ pub fn run_stats(method: &str, dir: &Path) -> anyhow::Result<RunStats> {
         at_selected,
         selected_step,
         time_per_step_s: time / steps.max(1) as f64,
+        train_step_s: train / steps.max(1) as f64,
+        probe_per_step_s: probe / steps.max(1) as f64,
+        weighting_per_step_s: weighting / steps.max(1) as f64,
     })
 }
 
@@ -129,17 +145,24 @@ pub fn table(runs: &[RunStats]) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "| method | selected step | mean ratio at selected | spread of best steps | s/step |"
+        "| method | selected step | mean ratio at selected | spread of best steps | s/step (all) | train step s | probe s/step | weighting µs/step |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in runs {
         let steps = r.best.iter().map(|b| b.1);
         let spread = steps.clone().max().unwrap_or(0) - steps.min().unwrap_or(0);
         let mean = r.at_selected.iter().sum::<f64>() / r.at_selected.len().max(1) as f64;
         let _ = writeln!(
             s,
-            "| {} | {} | {:.4} | {} | {:.3} |",
-            r.method, r.selected_step, mean, spread, r.time_per_step_s
+            "| {} | {} | {:.4} | {} | {:.3} | {:.3} | {:.3} | {:.1} |",
+            r.method,
+            r.selected_step,
+            mean,
+            spread,
+            r.time_per_step_s,
+            r.train_step_s,
+            r.probe_per_step_s,
+            r.weighting_per_step_s * 1e6
         );
     }
     s
@@ -158,22 +181,33 @@ pub fn run(args: &CompareArgs) -> Result<(), ExitError> {
             })
         })
         .collect::<Result<_, _>>()?;
+    let mut stats = Vec::new();
+    if args.no_run {
+        for m in &methods {
+            let dir = base.output_dir.join(m.as_str());
+            stats.push(run_stats(m.as_str(), &dir).map_err(|e| ExitError { code: 2, error: e })?);
+        }
+        print!("{}", table(&stats));
+        return Ok(());
+    }
     let comm = start_runtime(&base)?;
     let comm: &dyn collectives::Communicator = &*comm;
-    let mut stats = Vec::new();
     for m in &methods {
         let mut cfg = base.clone();
         cfg.coba.method = *m;
         cfg.output_dir = base.output_dir.join(m.as_str());
         if comm.rank() == 0 {
-            tracing::info!("compare: running method {m} into {}", cfg.output_dir.display());
+            tracing::info!(
+                "compare: running method {m} into {}",
+                cfg.output_dir.display()
+            );
         }
         crate::train::run(&cfg, comm, None).map_err(|e| fail(comm, e))?;
         if comm.rank() == 0 {
-            stats.push(run_stats(m.as_str(), &cfg.output_dir).map_err(|e| ExitError {
-                code: 1,
-                error: e,
-            })?);
+            stats.push(
+                run_stats(m.as_str(), &cfg.output_dir)
+                    .map_err(|e| ExitError { code: 1, error: e })?,
+            );
         }
     }
     if comm.rank() == 0 {
@@ -186,4 +220,32 @@ pub fn run(args: &CompareArgs) -> Result<(), ExitError> {
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_steps_selection_and_spread_follow_the_logged_evaluations() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = [
+            r#"{"initial_val_loss": {"a": 2.0, "b": 4.0}, "tasks": ["a", "b"]}"#,
+            r#"{"step": 0, "step_time_s": 1.0}"#,
+            r#"{"step": 1, "step_time_s": 1.0, "probe_time_s": 0.5, "val_loss": {"a": 1.0, "b": 3.6}, "val_ratio_mean": 0.7}"#,
+            r#"{"step": 2, "step_time_s": 1.0, "weight_time_s": 0.001}"#,
+            r#"{"step": 3, "step_time_s": 1.0, "eval_time_s": 2.0, "val_loss": {"a": 1.2, "b": 2.0}, "val_ratio_mean": 0.55}"#,
+        ];
+        std::fs::write(dir.path().join("metrics.jsonl"), lines.join("\n")).unwrap();
+        let r = run_stats("coba", dir.path()).unwrap();
+        // a: ratios 0.5 (step 2), 0.6 (step 4); b: 0.9 (step 2), 0.5 (step 4).
+        assert_eq!(r.best, vec![(0.5, 2), (0.5, 4)]);
+        assert_eq!(r.selected_step, 4);
+        assert_eq!(r.at_selected, vec![0.6, 0.5]);
+        assert!((r.time_per_step_s - 6.5 / 4.0).abs() < 1e-12);
+        assert!((r.probe_per_step_s - 0.125).abs() < 1e-12);
+        let t = table(&[r]);
+        assert!(t.contains("| a | coba | 0.5000 | 2 | 0.6000 |"), "{t}");
+        assert!(t.contains("| coba | 4 | 0.5500 | 2 |"), "{t}");
+    }
 }

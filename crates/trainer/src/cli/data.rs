@@ -35,7 +35,11 @@ pub struct StatsArgs {
     tokenizer: Option<PathBuf>,
     /// A task: NAME=PATH (a .jsonl/.jsonl.gz file or a directory); repeat for more tasks, or
     /// repeat a NAME to give it several paths.
-    #[arg(long = "task", value_name = "NAME=PATH", required_unless_present = "config")]
+    #[arg(
+        long = "task",
+        value_name = "NAME=PATH",
+        required_unless_present = "config"
+    )]
     tasks: Vec<String>,
     /// Positions per row; longer samples are truncated.
     #[arg(long, default_value_t = 1024)]

@@ -39,7 +39,11 @@ pub struct EvalArgs {
     tokenizer: Option<PathBuf>,
     /// A task: NAME=PATH (a .jsonl/.jsonl.gz file or a directory); repeat for more tasks, or
     /// repeat a NAME to give it several paths.
-    #[arg(long = "task", value_name = "NAME=PATH", required_unless_present = "config")]
+    #[arg(
+        long = "task",
+        value_name = "NAME=PATH",
+        required_unless_present = "config"
+    )]
     tasks: Vec<String>,
     /// Split to evaluate (valid includes the samples carved out of train when the data has no
     /// valid split; train excludes them).
@@ -132,7 +136,9 @@ pub fn run(args: &EvalArgs) -> Result<(), ExitError> {
                 _ => TemplatePreset::Chatml,
             };
             let (Some(t), Some(m)) = (&args.tokenizer, &args.model) else {
-                return Err(bad_input(anyhow!("give --config F, or --model, --tokenizer and --task")));
+                return Err(bad_input(anyhow!(
+                    "give --config F, or --model, --tokenizer and --task"
+                )));
             };
             (cfg, t.clone(), m.clone())
         }
@@ -244,8 +250,14 @@ fn check_vocab(
     match max {
         Some(id) if id as usize >= vocab => Err(bad_input(anyhow!(
             "tokenizer {} produces token id {id} but model {} has a vocabulary of {vocab}",
-            args.tokenizer.as_deref().unwrap_or(std::path::Path::new("?")).display(),
-            args.model.as_deref().unwrap_or(std::path::Path::new("?")).display()
+            args.tokenizer
+                .as_deref()
+                .unwrap_or(std::path::Path::new("?"))
+                .display(),
+            args.model
+                .as_deref()
+                .unwrap_or(std::path::Path::new("?"))
+                .display()
         ))),
         _ => Ok(()),
     }

@@ -18,7 +18,9 @@ pub mod train;
 #[command(
     name = "coba-dist",
     version,
-    about,
+    about = "Multi-task LLM fine-tuning with CoBa (convergence-balanced task weights), data \
+             parallel over MPI. Without a subcommand: train (`coba-dist --config F`; no \
+             --config runs the embedded configs/demo.toml from the repository root).",
     long_about = None,
     args_conflicts_with_subcommands = true
 )]
@@ -92,8 +94,10 @@ fn run_command(command: Command) -> Result<(), ExitError> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

@@ -39,8 +39,8 @@ pub struct CheckArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Ranks the job will run on (for the global batch size shown).
-    #[arg(long, default_value_t = 1)]
-    pub world_size: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub world_size: u32,
 }
 
 fn bad(e: impl Into<anyhow::Error>) -> ExitError {
@@ -62,7 +62,10 @@ pub fn load_config(path: Option<&PathBuf>, sets: &[String]) -> Result<TrainConfi
                 .map_err(bad)?;
             (text, p.display().to_string())
         }
-        None => (DEMO_TOML.to_string(), "embedded configs/demo.toml".to_string()),
+        None => (
+            DEMO_TOML.to_string(),
+            "embedded configs/demo.toml".to_string(),
+        ),
     };
     config::load(&Sources {
         toml: Some(toml),
@@ -77,9 +80,7 @@ pub fn load_config(path: Option<&PathBuf>, sets: &[String]) -> Result<TrainConfi
 ///
 /// # Errors
 /// An unknown backend (exit 2) or a failed MPI/NCCL start (exit 1).
-pub fn start_runtime(
-    cfg: &TrainConfig,
-) -> Result<Box<dyn collectives::Communicator>, ExitError> {
+pub fn start_runtime(cfg: &TrainConfig) -> Result<Box<dyn collectives::Communicator>, ExitError> {
     let backend: BackendChoice = cfg
         .runtime
         .backend
@@ -149,7 +150,14 @@ pub fn run(args: &TrainArgs) -> Result<(), ExitError> {
 /// The exit for a failed run: an error every rank shares ([`AllRanks`]) or a single-process
 /// run exits normally; any other error aborts the whole job so no rank waits forever.
 pub fn fail(comm: &dyn collectives::Communicator, e: anyhow::Error) -> ExitError {
-    if e.downcast_ref::<AllRanks>().is_some() || comm.world_size() == 1 {
+    if let Some(a) = e.downcast_ref::<AllRanks>() {
+        let code = if a.bad_input { 2 } else { 1 };
+        if comm.rank() != 0 {
+            // Every rank has the same error: rank 0 prints it.
+            std::process::exit(i32::from(code));
+        }
+        ExitError { code, error: e }
+    } else if comm.world_size() == 1 {
         ExitError { code: 1, error: e }
     } else {
         collectives::exit_on_error(comm, Err::<(), _>(e));
@@ -164,7 +172,10 @@ pub fn check(args: &CheckArgs) -> Result<(), ExitError> {
     let mut warnings = Vec::new();
     let tok = &cfg.model.tokenizer;
     if !tok.is_file() {
-        warnings.push(format!("model.tokenizer {} does not exist here", tok.display()));
+        warnings.push(format!(
+            "model.tokenizer {} does not exist here",
+            tok.display()
+        ));
     }
     if let Some(p) = &cfg.model.path {
         if !p.exists() {
@@ -183,17 +194,18 @@ pub fn check(args: &CheckArgs) -> Result<(), ExitError> {
         }
     }
     let t = &cfg.train;
-    let global = t.micro_batch_size * t.grad_accum * args.world_size;
-    println!("configuration {}: OK", args.config.display());
-    println!(
-        "  tasks: {}",
-        cfg.task_names().join(", ")
-    );
-    println!(
+    let global = t.micro_batch_size * t.grad_accum * args.world_size as usize;
+    let mut text = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(text, "configuration {}: OK", args.config.display());
+    let _ = writeln!(text, "  tasks: {}", cfg.task_names().join(", "));
+    let _ = writeln!(
+        text,
         "  global batch: {global} rows = micro_batch_size {} x grad_accum {} x world_size {}",
         t.micro_batch_size, t.grad_accum, args.world_size
     );
-    println!(
+    let _ = writeln!(
+        text,
         "  steps: {}",
         if t.max_steps > 0 {
             format!("max_steps {}", t.max_steps)
@@ -201,7 +213,8 @@ pub fn check(args: &CheckArgs) -> Result<(), ExitError> {
             format!("{} epoch(s)", t.epochs)
         }
     );
-    println!(
+    let _ = writeln!(
+        text,
         "  weighting: {} (warmup_steps {}, history_length {}, tau {}, update_interval {})",
         cfg.coba.method,
         cfg.coba.warmup_steps,
@@ -210,7 +223,14 @@ pub fn check(args: &CheckArgs) -> Result<(), ExitError> {
         cfg.coba.update_interval
     );
     for w in &warnings {
-        println!("  warning: {w}");
+        let _ = writeln!(text, "  warning: {w}");
     }
-    Ok(())
+    use std::io::Write as _;
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .map_err(|e| ExitError {
+            code: 1,
+            error: anyhow!(e).context("writing to stdout"),
+        })
 }

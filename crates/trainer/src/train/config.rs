@@ -202,13 +202,31 @@ impl Default for TrainSection {
 }
 
 /// A step count that may be `"auto"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum AutoOr {
     /// An explicit value.
     Value(u64),
     /// `"auto"`.
     Auto(AutoTag),
+}
+
+impl<'de> Deserialize<'de> for AutoOr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+            Other(serde::de::IgnoredAny),
+        }
+        let bad = || serde::de::Error::custom("expected a whole number >= 0 or \"auto\"");
+        match Raw::deserialize(d).map_err(|_: D::Error| bad())? {
+            Raw::N(n) => Ok(AutoOr::Value(n)),
+            Raw::S(s) if s == "auto" => Ok(AutoOr::Auto(AutoTag::Auto)),
+            _ => Err(bad()),
+        }
+    }
 }
 
 /// The literal string `"auto"`.
@@ -365,6 +383,14 @@ pub fn env_vars() -> Vec<(String, String)> {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+/// `COBA_TRAIN__LR` → `train.lr`.
+fn env_key(name: &str) -> String {
+    name.strip_prefix("COBA_")
+        .unwrap_or(name)
+        .to_ascii_lowercase()
+        .replace("__", ".")
+}
+
 fn parse_value(raw: &str) -> figment::value::Value {
     match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
         Ok(mut t) => match t.remove("v") {
@@ -389,12 +415,7 @@ pub fn load(sources: &Sources) -> Result<TrainConfig, ConfigError> {
         fig = fig.merge(Toml::string(text));
     }
     for (k, v) in &sources.env {
-        let key = k
-            .strip_prefix("COBA_")
-            .unwrap_or(k)
-            .to_ascii_lowercase()
-            .replace("__", ".");
-        fig = fig.merge(Serialized::default(&key, parse_value(v)));
+        fig = fig.merge(Serialized::default(&env_key(k), parse_value(v)));
     }
     for s in &sources.sets {
         let Some((k, v)) = s.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
@@ -413,16 +434,17 @@ pub fn load(sources: &Sources) -> Result<TrainConfig, ConfigError> {
 
 fn origin(path: &[String], sources: &Sources) -> String {
     let dotted = path.join(".");
-    if sources
+    let covers = |key: &str| key == dotted || key.starts_with(&format!("{dotted}."));
+    if let Some(s) = sources
         .sets
         .iter()
-        .any(|s| s.split_once('=').is_some_and(|(k, _)| k.trim() == dotted))
+        .rev()
+        .find(|s| s.split_once('=').is_some_and(|(k, _)| covers(k.trim())))
     {
-        return format!("--set {dotted}");
+        return format!("--set {s}");
     }
-    let env = format!("COBA_{}", path.join("__").to_ascii_uppercase());
-    if sources.env.iter().any(|(k, _)| *k == env) {
-        return format!("environment variable {env}");
+    if let Some((k, _)) = sources.env.iter().find(|(k, _)| covers(&env_key(k))) {
+        return format!("environment variable {k}");
     }
     match &sources.toml {
         Some((text, name)) => match find_line(text, path) {
@@ -541,6 +563,9 @@ fn levenshtein(a: &str, b: &str) -> usize {
 /// [`ConfigError`] naming the key.
 pub fn validate(cfg: &TrainConfig) -> Result<(), ConfigError> {
     let err = |key: &str, msg: String| Err(ConfigError(format!("key `{key}`: {msg}")));
+    if cfg.output_dir.as_os_str().is_empty() {
+        return err("output_dir", "must not be empty".into());
+    }
     let t = &cfg.train;
     if t.micro_batch_size == 0 {
         return err("train.micro_batch_size", "must be at least 1".into());
@@ -558,13 +583,22 @@ pub fn validate(cfg: &TrainConfig) -> Result<(), ConfigError> {
         return err("train.lr", format!("must be finite and > 0, got {}", t.lr));
     }
     if !(t.min_lr.is_finite() && t.min_lr >= 0.0 && t.min_lr <= t.lr) {
-        return err("train.min_lr", format!("must be in [0, lr], got {}", t.min_lr));
+        return err(
+            "train.min_lr",
+            format!("must be in [0, lr], got {}", t.min_lr),
+        );
     }
     if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
-        return err("train.weight_decay", format!("must be >= 0, got {}", t.weight_decay));
+        return err(
+            "train.weight_decay",
+            format!("must be >= 0, got {}", t.weight_decay),
+        );
     }
     if !(t.clip_grad_norm.is_finite() && t.clip_grad_norm >= 0.0) {
-        return err("train.clip_grad_norm", format!("must be >= 0, got {}", t.clip_grad_norm));
+        return err(
+            "train.clip_grad_norm",
+            format!("must be >= 0, got {}", t.clip_grad_norm),
+        );
     }
     for (k, v) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
         if !(0.0..1.0).contains(&v) {
@@ -602,17 +636,53 @@ pub fn validate(cfg: &TrainConfig) -> Result<(), ConfigError> {
         if !matches!(a.model_type.as_str(), "llama" | "qwen2" | "mistral") {
             return err(
                 "model.arch.model_type",
-                format!("random init supports llama, qwen2, mistral; got {:?}", a.model_type),
+                format!(
+                    "random init supports llama, qwen2, mistral; got {:?}",
+                    a.model_type
+                ),
             );
         }
         if !(a.init_std.is_finite() && a.init_std > 0.0) {
-            return err("model.arch.init_std", format!("must be > 0, got {}", a.init_std));
+            return err(
+                "model.arch.init_std",
+                format!("must be > 0, got {}", a.init_std),
+            );
+        }
+        if !(a.rope_theta.is_finite() && a.rope_theta > 0.0) {
+            return err(
+                "model.arch.rope_theta",
+                format!("must be > 0, got {}", a.rope_theta),
+            );
+        }
+        if a.hidden_size == 0 || a.num_hidden_layers == 0 || a.num_attention_heads == 0 {
+            return err(
+                "model.arch",
+                "hidden_size, num_hidden_layers and num_attention_heads must be >= 1".into(),
+            );
+        }
+        let kv = a.num_key_value_heads.unwrap_or(a.num_attention_heads);
+        if a.hidden_size % a.num_attention_heads != 0 || kv == 0 || a.num_attention_heads % kv != 0
+        {
+            return err(
+                "model.arch",
+                format!(
+                    "hidden_size {} must divide by num_attention_heads {}, which must divide by \
+                     num_key_value_heads {kv}",
+                    a.hidden_size, a.num_attention_heads
+                ),
+            );
         }
     }
-    if !matches!(cfg.runtime.backend.as_str(), "auto" | "local" | "mpi" | "nccl") {
+    if !matches!(
+        cfg.runtime.backend.as_str(),
+        "auto" | "local" | "mpi" | "nccl"
+    ) {
         return err(
             "runtime.backend",
-            format!("expected auto, local, mpi or nccl; got {:?}", cfg.runtime.backend),
+            format!(
+                "expected auto, local, mpi or nccl; got {:?}",
+                cfg.runtime.backend
+            ),
         );
     }
     cfg.data
@@ -711,8 +781,13 @@ tasks = [{ name = "a", paths = ["a.jsonl"] }]
         assert!(e.contains("unknown key `train.micro_batch`"), "{e}");
         assert!(e.contains("c.toml:12"), "{e}");
         assert!(e.contains("did you mean `train.micro_batch_size`"), "{e}");
-        let e = load(&src(base(), &[("COBA_COBA__TAUU", "2.0")], &[])).unwrap_err().0;
-        assert!(e.contains("COBA_COBA__TAUU") && e.contains("`coba.tau`"), "{e}");
+        let e = load(&src(base(), &[("COBA_COBA__TAUU", "2.0")], &[]))
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("COBA_COBA__TAUU") && e.contains("`coba.tau`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -722,7 +797,10 @@ tasks = [{ name = "a", paths = ["a.jsonl"] }]
         let e = load(&src(base(), &[], &["train.micro_batch_size=\"x\""]))
             .unwrap_err()
             .0;
-        assert!(e.contains("train.micro_batch_size") && e.contains("--set"), "{e}");
+        assert!(
+            e.contains("train.micro_batch_size") && e.contains("--set"),
+            "{e}"
+        );
         let e = load(&src(base(), &[], &["coba.tau=0.0"])).unwrap_err().0;
         assert!(e.contains("coba"), "{e}");
         let e = load(&src("output_dir = [".into(), &[], &[])).unwrap_err().0;
@@ -731,6 +809,29 @@ tasks = [{ name = "a", paths = ["a.jsonl"] }]
             .unwrap_err()
             .0;
         assert!(e.contains("missing key `output_dir`"), "{e}");
+    }
+
+    /// `configs/reference.toml` states every default: loading it must give exactly the
+    /// defaults of the code (a changed default without a changed reference fails here).
+    #[test]
+    fn reference_toml_lists_the_real_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/reference.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let c = load(&src(text.clone(), &[], &[])).unwrap();
+        assert_eq!(c.train, TrainSection::default());
+        assert_eq!(c.coba, CobaSection::default());
+        assert_eq!(c.checkpoint, CheckpointSection::default());
+        assert_eq!(c.runtime, RuntimeSection::default());
+        let mut data = DataConfig::with_tasks(c.data.tasks.clone());
+        data.template = c.data.template.clone();
+        assert_eq!(c.data, data);
+        // Every section key of the code appears in the file (commented or not).
+        let all = toml::to_string(&c).unwrap();
+        for line in all.lines() {
+            if let Some(key) = line.split(" = ").next().filter(|_| line.contains(" = ")) {
+                assert!(text.contains(key.trim()), "reference.toml lacks `{key}`");
+            }
+        }
     }
 
     #[test]

@@ -31,6 +31,17 @@ impl MetricsWriter {
             .read(true)
             .open(path)
             .with_context(|| format!("open {}", path.display()))?;
+        let len = file
+            .metadata()
+            .with_context(|| format!("stat {}", path.display()))?
+            .len();
+        if len < keep_bytes {
+            anyhow::bail!(
+                "{}: {len} bytes, but the checkpoint was written after {keep_bytes}: the file \
+                 was truncated or replaced since",
+                path.display()
+            );
+        }
         file.set_len(keep_bytes)
             .with_context(|| format!("truncate {}", path.display()))?;
         let mut w = Self {

@@ -54,10 +54,16 @@ pub enum Resume {
 }
 
 /// An error every rank hits at the same point with the same data (a NaN loss, bad data):
-/// ranks exit together without aborting the job.
+/// ranks exit together without aborting the job. `bad_input` marks the user's input at fault
+/// (data, tokenizer, model path, config/checkpoint mismatch: exit code 2).
 #[derive(Debug, thiserror::Error)]
-#[error("{0:#}")]
-pub struct AllRanks(pub anyhow::Error);
+#[error("{error:#}")]
+pub struct AllRanks {
+    /// What went wrong.
+    pub error: anyhow::Error,
+    /// The input (files, settings) is at fault.
+    pub bad_input: bool,
+}
 
 /// What a finished run reports (also `output_dir/summary.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,7 +89,17 @@ pub struct Summary {
 }
 
 fn all_ranks(e: impl Into<anyhow::Error>) -> anyhow::Error {
-    anyhow::Error::new(AllRanks(e.into()))
+    anyhow::Error::new(AllRanks {
+        error: e.into(),
+        bad_input: false,
+    })
+}
+
+fn bad_input(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    anyhow::Error::new(AllRanks {
+        error: e.into(),
+        bad_input: true,
+    })
 }
 
 /// Builds or loads the model of `[model]` (f32 on CPU).
@@ -146,17 +162,19 @@ pub fn load_data(cfg: &TrainConfig) -> Result<(Encoder, Dataset)> {
 /// local to this rank (the caller should abort the job).
 pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) -> Result<Summary> {
     let t_start = Instant::now();
+    let stop = signals::StopFlag::install().context("installing SIGTERM/SIGUSR1 handlers")?;
     let rank0 = comm.rank() == 0;
     let out = &cfg.output_dir;
+    preflight(cfg, resume).map_err(bad_input)?;
     if rank0 {
         std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
         std::fs::write(out.join("config.toml"), cfg.to_toml())
             .with_context(|| format!("write {}", out.join("config.toml").display()))?;
     }
-    let (enc, ds) = load_data(cfg).map_err(all_ranks)?;
+    let (enc, ds) = load_data(cfg).map_err(bad_input)?;
     let k = ds.num_tasks();
     let names: Vec<String> = ds.tasks.iter().map(|t| t.name.clone()).collect();
-    let mut model = build_model(cfg, enc.vocab_size()).map_err(all_ranks)?;
+    let mut model = build_model(cfg, enc.vocab_size()).map_err(bad_input)?;
     let t = &cfg.train;
     let shard = Shard {
         rank: comm.rank(),
@@ -165,8 +183,9 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
         grad_accum: t.grad_accum,
     };
     let dc = cfg.data_config();
-    let mut sampler = TrainSampler::new(&ds, dc.batch_mode, dc.mixing, dc.seed, shard.global_rows())
-        .map_err(all_ranks)?;
+    let mut sampler =
+        TrainSampler::new(&ds, dc.batch_mode, dc.mixing, dc.seed, shard.global_rows())
+            .map_err(bad_input)?;
     let total_steps = if t.max_steps > 0 {
         t.max_steps
     } else {
@@ -198,8 +217,8 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
     let ckpt = resolve_resume(cfg, comm, resume)?;
     let (mut opt, mut st) = match &ckpt {
         Some(dir) => {
-            let st = state::read_state(dir).map_err(all_ranks)?;
-            check_compatible(&st, &names, shard.global_rows(), dir).map_err(all_ranks)?;
+            let st = state::read_state(dir).map_err(bad_input)?;
+            check_compatible(&st, &names, shard.global_rows(), &wcfg, dir).map_err(bad_input)?;
             model = load_model(dir, DType::F32, &Device::Cpu)
                 .with_context(|| format!("loading {}", dir.display()))
                 .map_err(all_ranks)?;
@@ -228,6 +247,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
                 world_size: comm.world_size(),
                 initial_val_loss: initial,
                 weighter,
+                weighting: wcfg,
                 best: None,
                 evals_since_best: 0,
                 metrics_offset: 0,
@@ -276,12 +296,15 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
     } else {
         None
     };
-    let stop = signals::StopFlag::install().context("installing SIGTERM/SIGUSR1 handlers")?;
     let mut writer = BackgroundWriter::default();
     let progress = rank0.then(|| progress_bar(total_steps, st.next_step));
     let mut stopped_by = "max_steps".to_string();
     let mut final_val: Vec<f64> = Vec::new();
-    let mut last_saved = if ckpt.is_some() { Some(st.next_step) } else { None };
+    let mut last_saved = if ckpt.is_some() {
+        Some(st.next_step)
+    } else {
+        None
+    };
 
     let first_step = st.next_step;
     while st.next_step < total_steps {
@@ -325,10 +348,16 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
         comm.broadcast_f64(&mut wbuf, 0)?;
         comm_s += tc.elapsed().as_secs_f64();
         if wbuf[0] != c as f64 {
-            bail!("rank 0 sent the weights of step {} during step {c}", wbuf[0]);
+            bail!(
+                "rank 0 sent the weights of step {} during step {c}",
+                wbuf[0]
+            );
         }
         let weights = &wbuf[2..];
-        let present_w: f64 = (0..k).filter(|&i| counts[i] > 0.0).map(|i| weights[i]).sum();
+        let present_w: f64 = (0..k)
+            .filter(|&i| counts[i] > 0.0)
+            .map(|i| weights[i])
+            .sum();
         let scale: Vec<f64> = (0..k)
             .map(|i| {
                 if counts[i] > 0.0 && present_w > 0.0 {
@@ -343,7 +372,8 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
         let mut grads = Gradients::new();
         let mut local = vec![TaskLoss::default(); k];
         for b in &batches {
-            let out = model.forward_backward(&crate::model::TokenBatch::from(b), &scale, loss_opts)?;
+            let out =
+                model.forward_backward(&crate::model::TokenBatch::from(b), &scale, loss_opts)?;
             accumulate(&mut grads, out.grads)?;
             for (l, r) in local.iter_mut().zip(&out.report.per_task) {
                 l.add(r);
@@ -411,8 +441,14 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
         rec.insert("step".into(), json!(c));
         rec.insert("lr".into(), json!(lr));
         rec.insert("loss".into(), json!(objective));
-        rec.insert("train_loss".into(), per_task(&names, train_loss.iter().copied()));
-        rec.insert("weights".into(), per_task(&names, weights.iter().map(|w| Some(*w))));
+        rec.insert(
+            "train_loss".into(),
+            per_task(&names, train_loss.iter().copied()),
+        );
+        rec.insert(
+            "weights".into(),
+            per_task(&names, weights.iter().map(|w| Some(*w))),
+        );
         rec.insert("weights_source".into(), json!(source_name(wbuf[1])));
         rec.insert("grad_norm".into(), json!(grad_norm));
         rec.insert("tokens".into(), json!(tokens));
@@ -426,8 +462,14 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
         rec.insert("weight_time_s".into(), json!(weight_s));
         if let Some(ex) = sw.as_ref().and_then(|w| w.explain.as_ref()) {
             rec.insert("df".into(), json!(ex.df));
-            rec.insert("rcs".into(), per_task(&names, ex.rcs.iter().map(|v| Some(*v))));
-            rec.insert("acs".into(), per_task(&names, ex.acs.iter().map(|v| Some(*v))));
+            rec.insert(
+                "rcs".into(),
+                per_task(&names, ex.rcs.iter().map(|v| Some(*v))),
+            );
+            rec.insert(
+                "acs".into(),
+                per_task(&names, ex.acs.iter().map(|v| Some(*v))),
+            );
         }
 
         // 5. Probe.
@@ -441,7 +483,10 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
                 .iter()
                 .map(|l| (l.tokens > 0).then(|| l.mean()))
                 .collect();
-            if let Some(i) = losses.iter().position(|l| l.is_some_and(|v| !v.is_finite())) {
+            if let Some(i) = losses
+                .iter()
+                .position(|l| l.is_some_and(|v| !v.is_finite()))
+            {
                 return Err(all_ranks(anyhow!(
                     "non-finite probe loss after step {c} for task `{}`; stopping every rank",
                     names[i]
@@ -456,15 +501,17 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
                 .iter()
                 .zip(&st.initial_val_loss)
                 .map(|(l, i)| l.map(|l| l / i));
-            rec.insert("probe_val_loss".into(), per_task(&names, losses.iter().copied()));
+            rec.insert(
+                "probe_val_loss".into(),
+                per_task(&names, losses.iter().copied()),
+            );
             rec.insert("val_ratio".into(), per_task(&names, ratios));
             rec.insert("probe_time_s".into(), json!(tp.elapsed().as_secs_f64()));
         }
 
         // 6. Evaluation, best model, early stopping.
         let last = st.next_step == total_steps;
-        let eval_now =
-            last || (t.eval_interval > 0 && st.next_step % t.eval_interval == 0);
+        let eval_now = last || (t.eval_interval > 0 && st.next_step % t.eval_interval == 0);
         let mut early_stop = false;
         let mut new_best = false;
         if eval_now {
@@ -491,7 +538,10 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
                 early_stop = t.early_stopping_patience > 0
                     && st.evals_since_best >= t.early_stopping_patience;
             }
-            rec.insert("val_loss".into(), per_task(&names, final_val.iter().map(|v| Some(*v))));
+            rec.insert(
+                "val_loss".into(),
+                per_task(&names, final_val.iter().map(|v| Some(*v))),
+            );
             rec.insert("val_ratio_mean".into(), json!(mean));
             rec.insert("eval_time_s".into(), json!(te.elapsed().as_secs_f64()));
             if rank0 {
@@ -553,7 +603,12 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
             }
         }
         if stopping {
-            stopped_by = if signalled { "signal" } else { "early_stopping" }.into();
+            stopped_by = if signalled {
+                "signal"
+            } else {
+                "early_stopping"
+            }
+            .into();
             if rank0 {
                 tracing::info!("stopping after step {c}: {stopped_by}");
             }
@@ -637,7 +692,23 @@ fn snapshot(model: &Model, opt: &AdamW, st: &TrainState) -> Result<Snapshot> {
     })
 }
 
-fn check_compatible(st: &TrainState, names: &[String], global_rows: usize, dir: &Path) -> Result<()> {
+fn check_compatible(
+    st: &TrainState,
+    names: &[String],
+    global_rows: usize,
+    wcfg: &coba::WeighterConfig,
+    dir: &Path,
+) -> Result<()> {
+    if st.weighting != *wcfg {
+        bail!(
+            "{}: the checkpoint's weighting settings {:?} differ from the config's {:?} \
+             ([coba] method/variant/warmup_steps/history_length/tau/update_interval must stay \
+             the same across a resume; \"auto\" values depend on the global batch)",
+            dir.display(),
+            st.weighting,
+            wcfg
+        );
+    }
     if st.tasks != names {
         bail!(
             "{}: the checkpoint's tasks {:?} differ from the config's {:?}",
@@ -657,6 +728,48 @@ fn check_compatible(st: &TrainState, names: &[String], global_rows: usize, dir: 
         );
     }
     Ok(())
+}
+
+/// Checks that need no data: the files the config names exist, and a fresh start does not
+/// mix with an earlier run's checkpoints.
+fn preflight(cfg: &TrainConfig, resume: Option<&Resume>) -> Result<()> {
+    if cfg.output_dir.as_os_str().is_empty() {
+        bail!("key `output_dir`: must not be empty");
+    }
+    if cfg.output_dir.is_file() {
+        bail!("key `output_dir`: {} is a file", cfg.output_dir.display());
+    }
+    if !cfg.model.tokenizer.is_file() {
+        bail!(
+            "key `model.tokenizer`: {} does not exist (paths are relative to the working \
+             directory; the embedded demo config expects the repository root)",
+            cfg.model.tokenizer.display()
+        );
+    }
+    if let Some(p) = &cfg.model.path {
+        if !p.exists() {
+            bail!("key `model.path`: {} does not exist", p.display());
+        }
+    }
+    if let Some(inj) = &cfg.runtime.inject_nan {
+        if !cfg.data.tasks.iter().any(|t| t.name == inj.task) {
+            bail!(
+                "key `runtime.inject_nan.task`: no task named `{}`",
+                inj.task
+            );
+        }
+    }
+    match resume {
+        Some(Resume::Path(p)) if !p.exists() => {
+            bail!("--resume {}: no such checkpoint directory", p.display())
+        }
+        None if !state::list_checkpoints(&cfg.output_dir).is_empty() => bail!(
+            "{} already holds checkpoints of an earlier run: continue it with --resume auto, \
+             or choose another output_dir (a fresh start there would mix the two runs)",
+            state::checkpoints_dir(&cfg.output_dir).display()
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Rank 0 picks the checkpoint (auto: the latest complete one) and broadcasts its path, so

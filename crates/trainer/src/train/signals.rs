@@ -1,4 +1,4 @@
-//! Slurm preemption: SIGTERM or SIGUSR1 sets a flag; the loop all-reduces it at the start of
+//! Slurm preemption: SIGTERM or SIGUSR1 (or a first Ctrl-C) sets a flag; the loop all-reduces it at the start of
 //! every step, so every rank finishes the same step, checkpoints and exits cleanly.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +19,13 @@ impl StopFlag {
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGUSR1] {
             signal_hook::flag::register(sig, Arc::clone(&flag))?;
         }
+        // Ctrl-C: the first one stops cleanly like SIGTERM, a second one exits at once.
+        signal_hook::flag::register_conditional_shutdown(
+            signal_hook::consts::SIGINT,
+            130,
+            Arc::clone(&flag),
+        )?;
+        signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&flag))?;
         Ok(Self(flag))
     }
 

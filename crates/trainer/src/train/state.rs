@@ -45,6 +45,9 @@ pub struct TrainState {
     pub initial_val_loss: Vec<f64>,
     /// The weighting rule's complete state (rank 0's).
     pub weighter: coba::Weighter,
+    /// The weighting settings (W, H, τ, U, method, variant) the weighter was built with; a
+    /// resumed run must use the same.
+    pub weighting: coba::WeighterConfig,
     /// Best average validation ratio so far and its step.
     pub best: Option<(u64, f64)>,
     /// Evaluations since the best one (early stopping).
@@ -90,7 +93,10 @@ pub fn list_checkpoints(output_dir: &Path) -> Vec<(u64, PathBuf)> {
     };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(n) = name.strip_prefix("step-").and_then(|n| n.parse::<u64>().ok()) {
+        if let Some(n) = name
+            .strip_prefix("step-")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
             if e.path().join("state.json").is_file() {
                 out.push((n, e.path()));
             }
