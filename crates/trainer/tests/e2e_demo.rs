@@ -150,6 +150,21 @@ fn shortened_demo_on_two_ranks_writes_what_it_promises() {
         );
     }
 
+    // best/ is self-contained: generate finds its tokenizer.json.
+    let o = Command::new(bin)
+        .args([
+            "generate",
+            "--max-new-tokens",
+            "3",
+            "--prompt",
+            "Add 2 and 3.",
+            "--model",
+        ])
+        .arg(&best)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
     for f in [
         "val_ratio.png",
         "val_ratio_normalized.png",

@@ -15,15 +15,15 @@ use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
 /// Generate a completion for one prompt.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct GenerateArgs {
     /// Model: a Hugging Face directory (config.json + safetensors), a .gguf file, or a
     /// training checkpoint directory (the HF model in its model/ subdirectory).
     #[arg(long, value_name = "PATH")]
     model: PathBuf,
-    /// tokenizer.json (e.g. data/tokenizers/smollm2/tokenizer.json).
+    /// tokenizer.json; default: `tokenizer.json` beside the model (as `best/` has it).
     #[arg(long, value_name = "T")]
-    tokenizer: PathBuf,
+    tokenizer: Option<PathBuf>,
     /// The user's message (with --raw: the text to continue).
     #[arg(long, value_name = "TEXT")]
     prompt: String,
@@ -64,6 +64,21 @@ const EOS_CANDIDATES: [&str; 4] = ["<|endoftext|>", "</s>", "<|end_of_text|>", "
 /// or non-finite temperature, prompt ids outside the model's vocabulary); 1 for a model
 /// failure or a failed write.
 pub fn run(args: &GenerateArgs) -> Result<(), ExitError> {
+    let beside = args.model.join("tokenizer.json");
+    let tokenizer_path = match &args.tokenizer {
+        Some(t) => t.clone(),
+        None if beside.is_file() => beside,
+        None => {
+            return Err(bad_input(anyhow!(
+                "--tokenizer is required: {} has no tokenizer.json",
+                args.model.display()
+            )))
+        }
+    };
+    let args = &GenerateArgs {
+        tokenizer: Some(tokenizer_path.clone()),
+        ..args.clone()
+    };
     if !(args.temperature.is_finite() && args.temperature >= 0.0) {
         return Err(bad_input(anyhow!(
             "--temperature must be a finite number >= 0, got {}",
@@ -78,8 +93,8 @@ pub fn run(args: &GenerateArgs) -> Result<(), ExitError> {
         ..TemplateConfig::default()
     };
     let (tokenizer, prompt, template_eos) = if args.raw {
-        let tok = Tokenizer::from_file(&args.tokenizer)
-            .map_err(|e| bad_input(anyhow!("tokenizer {}: {e}", args.tokenizer.display())))?;
+        let tok = Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| bad_input(anyhow!("tokenizer {}: {e}", tokenizer_path.display())))?;
         let ids = tok
             .encode_fast(args.prompt.as_str(), false)
             .map_err(|e| bad_input(anyhow!("tokenizing the prompt: {e}")))?
@@ -88,7 +103,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), ExitError> {
         let eos = tok.token_to_id(&Template::from_config(&template_cfg).eos);
         (tok, ids, eos)
     } else {
-        let enc = Encoder::from_file(&args.tokenizer, &template_cfg).map_err(bad_input)?;
+        let enc = Encoder::from_file(&tokenizer_path, &template_cfg).map_err(bad_input)?;
         let ids = chat_prompt(&enc, &args.prompt, args.system.as_deref());
         (enc.tokenizer().clone(), ids, Some(enc.eos_id()))
     };
@@ -96,7 +111,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), ExitError> {
         return Err(bad_input(anyhow!("the prompt is empty")));
     }
     let mut stop: Vec<u32> = template_eos.into_iter().collect();
-    stop.extend(tokenizer_eos(&tokenizer, &args.tokenizer));
+    stop.extend(tokenizer_eos(&tokenizer, &tokenizer_path));
     stop.dedup();
 
     let model = model_path::load(&args.model)?;
@@ -104,7 +119,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), ExitError> {
     if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
         return Err(bad_input(anyhow!(
             "tokenizer {} produces token id {id} but model {} has a vocabulary of {vocab}",
-            args.tokenizer.display(),
+            tokenizer_path.display(),
             args.model.display()
         )));
     }

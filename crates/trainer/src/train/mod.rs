@@ -546,7 +546,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
             rec.insert("eval_time_s".into(), json!(te.elapsed().as_secs_f64()));
             if rank0 {
                 tracing::info!(
-                    "step {}: validation ratio mean {mean:.4}{}",
+                    "after step {c} ({} steps done): validation ratio mean {mean:.4}{}",
                     st.next_step,
                     if new_best { " (new best)" } else { "" }
                 );
@@ -631,7 +631,8 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
         method: wcfg.method.as_str().into(),
         world_size: comm.world_size(),
     };
-    if rank0 {
+    // A resumed run that had nothing left to do keeps the summary and plots it already has.
+    if rank0 && st.next_step > first_step {
         let p = out.join("summary.json");
         std::fs::write(&p, serde_json::to_string_pretty(&summary)?)
             .with_context(|| format!("write {}", p.display()))?;
