@@ -3,7 +3,8 @@
 # what `coba-dist` runs without --config): a ~7M-parameter Llama trained with CoBa on the six
 # shipped tasks, on 2 MPI ranks when Open MPI is present (installed here when missing), else on
 # one process. Writes runs/demo/{metrics.jsonl,checkpoints/,best/,plots/,summary.json}.
-# Extra arguments go to coba-dist (e.g. --set train.max_steps=50, --resume auto).
+# Extra arguments go to coba-dist (e.g. --set train.max_steps=50). Runs with --resume auto: a
+# second call continues (or, when finished, just reports) the run in runs/demo.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -15,6 +16,6 @@ else
 fi
 cargo build --release --locked -p trainer "${features[@]}"
 if [ ${#features[@]} -gt 0 ]; then
-  exec launch/local.sh -n 2 configs/demo.toml "$@"
+  exec launch/local.sh -n 2 configs/demo.toml --resume auto "$@"
 fi
-exec launch/local.sh -n 1 configs/demo.toml "$@"
+exec launch/local.sh -n 1 configs/demo.toml --resume auto "$@"
