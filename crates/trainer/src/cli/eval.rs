@@ -143,17 +143,6 @@ pub fn run(args: &EvalArgs) -> Result<(), ExitError> {
             (cfg, t.clone(), m.clone())
         }
     };
-    let args = &EvalArgs {
-        config: None,
-        model: Some(model_arg.clone()),
-        tokenizer: Some(tokenizer.clone()),
-        tasks: Vec::new(),
-        split: args.split.clone(),
-        micro_batch: args.micro_batch,
-        max_seq_len: cfg.max_seq_len,
-        template: args.template.clone(),
-        json: args.json,
-    };
     cfg.validate().map_err(bad_input)?;
     // Cheap checks first: a wrong model path fails before the data is tokenized.
     model_path::resolve(&model_arg).map_err(bad_input)?;
@@ -166,7 +155,7 @@ pub fn run(args: &EvalArgs) -> Result<(), ExitError> {
     let ds = ::data::dataset::load(&cfg, &enc).map_err(bad_input)?;
     check_split(&ds, split, &cfg)?;
     let model = model_path::load(&model_arg)?;
-    check_vocab(&ds, split, &model, args)?;
+    check_vocab(&ds, split, &model, &tokenizer, &model_arg)?;
 
     let local = evaluate_rank(&model, &ds, split, comm, args.micro_batch);
     let mut sums = if comm.world_size() > 1 {
@@ -238,7 +227,8 @@ fn check_vocab(
     ds: &Dataset,
     split: Split,
     model: &Model,
-    args: &EvalArgs,
+    tokenizer: &std::path::Path,
+    model_path: &std::path::Path,
 ) -> Result<(), ExitError> {
     let vocab = model.vocab_size();
     let max = ds
@@ -250,14 +240,8 @@ fn check_vocab(
     match max {
         Some(id) if id as usize >= vocab => Err(bad_input(anyhow!(
             "tokenizer {} produces token id {id} but model {} has a vocabulary of {vocab}",
-            args.tokenizer
-                .as_deref()
-                .unwrap_or(std::path::Path::new("?"))
-                .display(),
-            args.model
-                .as_deref()
-                .unwrap_or(std::path::Path::new("?"))
-                .display()
+            tokenizer.display(),
+            model_path.display()
         ))),
         _ => Ok(()),
     }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
 /// Generate a completion for one prompt.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Args)]
 pub struct GenerateArgs {
     /// Model: a Hugging Face directory (config.json + safetensors), a .gguf file, or a
     /// training checkpoint directory (the HF model in its model/ subdirectory).
@@ -74,10 +74,6 @@ pub fn run(args: &GenerateArgs) -> Result<(), ExitError> {
                 args.model.display()
             )))
         }
-    };
-    let args = &GenerateArgs {
-        tokenizer: Some(tokenizer_path.clone()),
-        ..args.clone()
     };
     if !(args.temperature.is_finite() && args.temperature >= 0.0) {
         return Err(bad_input(anyhow!(
