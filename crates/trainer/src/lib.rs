@@ -2,6 +2,7 @@
 //! training loop, checkpoints and metrics. See ARCHITECTURE.md.
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub mod checkpoint;
 pub mod cli;
 pub mod model;

@@ -8,5 +8,6 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    trainer::alloc::keep_freed_memory();
     trainer::cli::main()
 }

@@ -7,8 +7,11 @@
 use super::batch::TokenBatch;
 use super::config::LlamaConfig;
 use super::error::ModelError;
+use super::fused::{
+    attention, linear, merge_heads, rms_norm, split_heads, swiglu, AttentionMask, RopeTables,
+};
 use super::init::SplitMix64;
-use super::layers::{attention_mask, linear, repeat_kv, rms_norm, rope, rope_tables, softmax_last};
+use super::layers::repeat_kv;
 use super::lm::CausalLm;
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::BTreeMap;
@@ -220,7 +223,7 @@ impl Llama {
         } else {
             batch.position_ids.clone()
         };
-        let (cos, sin) = rope_tables(
+        let tables = RopeTables::new(
             &positions,
             rows,
             seq,
@@ -229,19 +232,9 @@ impl Llama {
             self.dtype,
             &self.device,
         )?;
-        let mask = if seq > 1 {
-            Some(attention_mask(
-                &batch.segment_ids,
-                rows,
-                seq,
-                self.dtype,
-                &self.device,
-            )?)
-        } else {
-            None
-        };
+        let mask = AttentionMask::new(rows, seq, &batch.segment_ids)?;
         for layer in &self.layers {
-            x = self.block(&x, layer, &cos, &sin, mask.as_ref(), track)?;
+            x = self.block(&x, layer, &tables, &mask, track)?;
         }
         Ok(rms_norm(&x, &w(&self.norm, track), self.cfg.rms_norm_eps)?)
     }
@@ -250,12 +243,10 @@ impl Llama {
         &self,
         x: &Tensor,
         l: &Layer,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
+        tables: &RopeTables,
+        mask: &AttentionMask,
         track: bool,
     ) -> candle_core::Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (
             self.cfg.num_attention_heads,
             self.cfg.kv_heads(),
@@ -264,32 +255,21 @@ impl Llama {
         let eps = self.cfg.rms_norm_eps;
         let ow = |v: &Option<Var>| v.as_ref().map(|v| w(v, track));
         let h = rms_norm(x, &w(&l.in_norm, track), eps)?;
-        let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
-            t.reshape((b, s, n, hd))?.transpose(1, 2)?.contiguous()
-        };
-        let q = heads(linear(&h, &w(&l.q, track), ow(&l.q_b).as_ref())?, nh)?;
-        let k = heads(linear(&h, &w(&l.k, track), ow(&l.k_b).as_ref())?, nkv)?;
-        let v = heads(linear(&h, &w(&l.v, track), ow(&l.v_b).as_ref())?, nkv)?;
-        let q = rope(&q, cos, sin)?;
-        let k = rope(&k, cos, sin)?;
+        let q = linear(&h, &w(&l.q, track), ow(&l.q_b).as_ref())?;
+        let k = linear(&h, &w(&l.k, track), ow(&l.k_b).as_ref())?;
+        let v = linear(&h, &w(&l.v, track), ow(&l.v_b).as_ref())?;
+        let q = split_heads(&q, nh, Some(tables))?;
+        let k = split_heads(&k, nkv, Some(tables))?;
+        let v = split_heads(&v, nkv, None)?;
         let k = repeat_kv(&k, nh / nkv)?.contiguous()?;
         let v = repeat_kv(&v, nh / nkv)?.contiguous()?;
-        let att = q.matmul(&k.t()?)?.affine(1.0 / (hd as f64).sqrt(), 0.0)?;
-        let att = match mask {
-            Some(m) => att.broadcast_add(m)?,
-            None => att,
-        };
-        let att = softmax_last(&att)?;
-        let o = att
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, s, nh * hd))?;
+        let o = attention(&q, &k, &v, 1.0 / (hd as f64).sqrt(), mask)?;
+        let o = merge_heads(&o)?;
         let x = (x + linear(&o, &w(&l.o, track), ow(&l.o_b).as_ref())?)?;
         let h = rms_norm(&x, &w(&l.post_norm, track), eps)?;
-        let g = linear(&h, &w(&l.gate, track), None)?.silu()?;
+        let g = linear(&h, &w(&l.gate, track), None)?;
         let u = linear(&h, &w(&l.up, track), None)?;
-        x + linear(&(g * u)?, &w(&l.down, track), None)?
+        x + linear(&swiglu(&g, &u)?, &w(&l.down, track), None)?
     }
 }
 

@@ -9,7 +9,7 @@
 
 use super::batch::TokenBatch;
 use super::error::ModelError;
-use super::layers::log_softmax_last;
+use super::fused::cross_entropy;
 use super::lm::CausalLm;
 use candle_core::{DType, Tensor, Var};
 use std::collections::BTreeMap;
@@ -114,7 +114,7 @@ pub(crate) fn forward_backward<M: CausalLm + ?Sized>(
             .collect::<Result<_, _>>()?;
         let idx = Tensor::from_slice(chunk, chunk.len(), m.device())?;
         let hc = Var::from_tensor(&h_det.index_select(&idx, 0)?)?;
-        let nll = chunk_nll(m, hc.as_tensor(), &lm, lm_b.as_ref(), batch, chunk)?;
+        let nll = chunk_nll(hc.as_tensor(), &lm, lm_b.as_ref(), batch, chunk)?;
         let scale_t =
             Tensor::from_vec(scale.clone(), chunk.len(), m.device())?.to_dtype(m.dtype())?;
         let obj = (&nll * &scale_t)?.sum_all()?;
@@ -175,7 +175,7 @@ pub(crate) fn evaluate<M: CausalLm + ?Sized>(
     for chunk in batch.scored_positions().chunks(chunk_tokens(m, opts)) {
         let idx = Tensor::from_slice(chunk, chunk.len(), m.device())?;
         let hc = h_flat.index_select(&idx, 0)?;
-        let nll = chunk_nll(m, &hc, &lm, lm_b.as_ref(), batch, chunk)?;
+        let nll = chunk_nll(&hc, &lm, lm_b.as_ref(), batch, chunk)?;
         record(&mut report, batch, chunk, &nll, None)?;
     }
     Ok(report)
@@ -196,8 +196,7 @@ fn chunk_tokens<M: CausalLm + ?Sized>(m: &M, opts: LossOptions) -> usize {
 }
 
 /// `-log p(label)` for the positions `chunk`, given their hidden states `hc` `(n, d)`.
-fn chunk_nll<M: CausalLm + ?Sized>(
-    m: &M,
+fn chunk_nll(
     hc: &Tensor,
     lm: &Tensor,
     lm_b: Option<&Tensor>,
@@ -205,14 +204,12 @@ fn chunk_nll<M: CausalLm + ?Sized>(
     chunk: &[u32],
 ) -> Result<Tensor, ModelError> {
     let labels: Vec<u32> = chunk.iter().map(|&i| batch.labels[i as usize]).collect();
-    let labels = Tensor::from_vec(labels, (chunk.len(), 1), m.device())?;
     let logits = hc.matmul(&lm.t()?)?;
     let logits = match lm_b {
         Some(b) => logits.broadcast_add(b)?,
         None => logits,
     };
-    let logp = log_softmax_last(&logits)?;
-    Ok(logp.gather(&labels, 1)?.squeeze(1)?.neg()?)
+    Ok(cross_entropy(&logits, &labels)?)
 }
 
 fn record(

@@ -9,6 +9,7 @@ mod any;
 mod batch;
 mod config;
 mod error;
+pub mod fused;
 mod generate;
 pub mod init;
 pub mod layers;

@@ -4,10 +4,9 @@
 
 use super::batch::TokenBatch;
 use super::error::ModelError;
+use super::fused::{attention, linear, merge_heads, split_heads, AttentionMask, RopeTables};
 use super::init::SplitMix64;
-use super::layers::{
-    attention_mask, layer_norm, linear, partial_rope, repeat_kv, rope_tables, softmax_last,
-};
+use super::layers::{layer_norm, repeat_kv};
 use super::lm::CausalLm;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -364,12 +363,10 @@ impl Phi {
         &self,
         x: &Tensor,
         l: &PhiLayer,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
+        tables: &RopeTables,
+        mask: &AttentionMask,
         track: bool,
     ) -> candle_core::Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (
             self.cfg.num_attention_heads,
             self.cfg.kv_heads(),
@@ -382,25 +379,12 @@ impl Phi {
             &w(&l.ln_b, track),
             self.cfg.layer_norm_eps,
         )?;
-        let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
-            t.reshape((b, s, n, hd))?.transpose(1, 2)?.contiguous()
-        };
-        let rot = self.cfg.rotary_dim();
-        let q = partial_rope(&heads(lin(&h, &l.q)?, nh)?, rot, cos, sin)?;
-        let k = partial_rope(&heads(lin(&h, &l.k)?, nkv)?, rot, cos, sin)?;
-        let v = heads(lin(&h, &l.v)?, nkv)?;
+        let q = split_heads(&lin(&h, &l.q)?, nh, Some(tables))?;
+        let k = split_heads(&lin(&h, &l.k)?, nkv, Some(tables))?;
+        let v = split_heads(&lin(&h, &l.v)?, nkv, None)?;
         let k = repeat_kv(&k, nh / nkv)?.contiguous()?;
         let v = repeat_kv(&v, nh / nkv)?.contiguous()?;
-        let att = q.matmul(&k.t()?)?.affine(1.0 / (hd as f64).sqrt(), 0.0)?;
-        let att = match mask {
-            Some(m) => att.broadcast_add(m)?,
-            None => att,
-        };
-        let o = softmax_last(&att)?
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, s, nh * hd))?;
+        let o = merge_heads(&attention(&q, &k, &v, 1.0 / (hd as f64).sqrt(), mask)?)?;
         let attn = lin(&o, &l.dense)?;
         let f = lin(&h, &l.fc1)?;
         let f = if self.cfg.hidden_act == "gelu" {
@@ -426,7 +410,7 @@ impl CausalLm for Phi {
         } else {
             batch.position_ids.clone()
         };
-        let (cos, sin) = rope_tables(
+        let tables = RopeTables::new(
             &positions,
             rows,
             seq,
@@ -435,19 +419,9 @@ impl CausalLm for Phi {
             self.dtype,
             &self.device,
         )?;
-        let mask = if seq > 1 {
-            Some(attention_mask(
-                &batch.segment_ids,
-                rows,
-                seq,
-                self.dtype,
-                &self.device,
-            )?)
-        } else {
-            None
-        };
+        let mask = AttentionMask::new(rows, seq, &batch.segment_ids)?;
         for layer in &self.layers {
-            x = self.block(&x, layer, &cos, &sin, mask.as_ref(), track)?;
+            x = self.block(&x, layer, &tables, &mask, track)?;
         }
         Ok(layer_norm(
             &x,

@@ -1,0 +1,131 @@
+//! One training step of a randomly initialised Llama (forward, backward, AdamW) on a fixed
+//! batch: the Rust side of `scripts/bench-step.sh`, which runs it alternately with the PyTorch
+//! peer (`scripts/bench/torch_llama_step.py`) on the same shape.
+//!
+//! `cargo bench -p trainer --bench step -- [--threads 2 --steps 5 --vocab 8192 --d 256
+//! --layers 8 --heads 8 --ffn 688 --batch 8 --seq 256]` prints one line: median step time
+//! (seconds, first step excluded as warm-up), tokens/s, GFLOP/s (6 x params x tokens / time),
+//! the final loss and the peak RSS (MiB, `VmHWM`). Every position is scored, one segment per
+//! row, untied head: the same work as the peer.
+
+use candle_core::{DType, Device};
+use std::collections::BTreeMap;
+use std::time::Instant;
+use trainer::model::{CausalLm, Llama, LlamaConfig, LossOptions, TokenBatch};
+use trainer::optim::{AdamW, AdamWConfig};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> anyhow::Result<()> {
+    trainer::alloc::keep_freed_memory();
+    let mut opts: BTreeMap<&str, usize> = [
+        ("threads", 2),
+        ("steps", 5),
+        ("vocab", 8192),
+        ("d", 256),
+        ("layers", 8),
+        ("heads", 8),
+        ("ffn", 688),
+        ("batch", 8),
+        ("seq", 256),
+    ]
+    .into_iter()
+    .collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let key = flag.trim_start_matches("--");
+        let Some(slot) = opts.get_mut(key) else {
+            anyhow::bail!(
+                "unknown flag {flag}; known: {:?}",
+                opts.keys().collect::<Vec<_>>()
+            );
+        };
+        let value = it
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
+        *slot = value
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{flag} {value}: {e}"))?;
+    }
+    // candle sizes its thread pools from this variable on first use.
+    std::env::set_var("RAYON_NUM_THREADS", opts["threads"].to_string());
+    let (v, d, b, t) = (opts["vocab"], opts["d"], opts["batch"], opts["seq"]);
+    let cfg = LlamaConfig {
+        model_type: "llama".into(),
+        vocab_size: v,
+        hidden_size: d,
+        intermediate_size: opts["ffn"],
+        num_hidden_layers: opts["layers"],
+        num_attention_heads: opts["heads"],
+        num_key_value_heads: None,
+        head_dim: None,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        max_position_embeddings: t,
+        tie_word_embeddings: false,
+        attention_bias: false,
+        extra: BTreeMap::new(),
+    };
+    let model = Llama::new_random(cfg, 0, 0.02, DType::F32, &Device::Cpu)?;
+    let n_params = model.num_parameters();
+    // A fixed pseudo-random batch (SplitMix-style LCG; the values do not matter).
+    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    let ids: Vec<u32> = (0..b * (t + 1))
+        .map(|_| {
+            s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            ((s >> 33) % v as u64) as u32
+        })
+        .collect();
+    let mut input_ids = Vec::with_capacity(b * t);
+    let mut labels = Vec::with_capacity(b * t);
+    for r in 0..b {
+        let row = &ids[r * (t + 1)..(r + 1) * (t + 1)];
+        input_ids.extend_from_slice(&row[..t]);
+        labels.extend_from_slice(&row[1..]);
+    }
+    let batch = TokenBatch {
+        rows: b,
+        seq_len: t,
+        input_ids,
+        labels,
+        loss_mask: vec![1; b * t],
+        ..TokenBatch::default()
+    };
+    let scale = [1.0 / (b * t) as f64];
+    let mut opt = AdamW::new(AdamWConfig::default());
+    let mut times = Vec::new();
+    let mut loss = f64::NAN;
+    for _ in 0..=opts["steps"] {
+        let t0 = Instant::now();
+        let out = model.forward_backward(&batch, &scale, LossOptions::default())?;
+        opt.step(model.params(), &out.grads, 1e-3)?;
+        times.push(t0.elapsed().as_secs_f64());
+        loss = out.report.objective;
+    }
+    let mut times = times.split_off(1);
+    times.sort_by(f64::total_cmp);
+    let med = times[times.len() / 2];
+    let tokens = (b * t) as f64;
+    println!(
+        "candle threads={} params={:.2}M step_median={med:.3}s tokens/s={:.0} GFLOP/s={:.1} loss={loss:.3} peak_rss_mib={:.0}",
+        opts["threads"],
+        n_params as f64 / 1e6,
+        tokens / med,
+        6.0 * n_params as f64 * tokens / med / 1e9,
+        peak_rss_mib().unwrap_or(f64::NAN),
+    );
+    Ok(())
+}
+
+/// Peak resident set size of this process (`VmHWM` of `/proc/self/status`), MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

@@ -1,0 +1,130 @@
+//! `y = x @ w^T (+ b)` as one graph node.
+
+use super::fused_ok;
+use super::storage::slice;
+use crate::model::layers;
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
+
+/// `x @ w^T (+ b)`: `x` is `(.., in)`, `w` is `(out, in)` (HF/PyTorch layout), `b` is
+/// `(out)`; returns `(.., out)`. Differentiable in all three.
+///
+/// On the CPU the product is one custom node (a direct GEMM forward; backward `dx = dy @ w`,
+/// `dw = dy^T @ x`) instead of the composed reshape / transpose / matmul / reshape, each of
+/// which costs a zero-filled gradient buffer and an add in candle's backward.
+///
+/// # Errors
+/// Shape or dtype mismatch, or a tensor failure.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    if !(fused_ok(x) && x.dtype() == w.dtype()) || std::env::var("XLIN").is_ok() {
+        return layers::linear(x, w, b);
+    }
+    let (out_f, in_f) = w.dims2()?;
+    if x.dim(D::Minus1)? != in_f {
+        bail!("linear: input {:?} for weight {:?}", x.dims(), w.dims());
+    }
+    let y = x.contiguous()?.apply_op2(&w.contiguous()?, Linear)?;
+    debug_assert_eq!(y.dim(D::Minus1)?, out_f);
+    match b {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+struct Linear;
+
+/// `dst (rows, out) = x (rows, in) @ w^T`, `w` row-major `(out, in)`.
+fn gemm_xwt<T: 'static + num_traits::Zero + num_traits::One + Copy>(
+    x: &[T],
+    w: &[T],
+    rows: usize,
+    in_f: usize,
+    out_f: usize,
+) -> Vec<T> {
+    let mut dst = vec![T::zero(); rows * out_f];
+    if rows == 0 || out_f == 0 {
+        return dst;
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: `x` holds rows * in_f elements, `w` out_f * in_f and `dst` rows * out_f (checked
+    // by the caller against the layouts); the strides below address exactly those ranges:
+    // dst (m = rows, n = out_f) row-major, lhs x (rows, in_f) row-major, rhs w^T (in_f, out_f)
+    // read from row-major w (element (k, n) at n * in_f + k).
+    unsafe {
+        gemm::gemm(
+            rows,
+            out_f,
+            in_f,
+            dst.as_mut_ptr(),
+            1,
+            out_f as isize,
+            false,
+            x.as_ptr(),
+            1,
+            in_f as isize,
+            w.as_ptr(),
+            in_f as isize,
+            1,
+            T::zero(),
+            T::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    dst
+}
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (out_f, in_f) = l2.shape().dims2()?;
+        let rows = l1.shape().elem_count() / in_f.max(1);
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
+                let (x, w) = (slice(x, l1, name)?, slice(w, l2, name)?);
+                CpuStorage::F32(gemm_xwt(x, w, rows, in_f, out_f))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => {
+                let (x, w) = (slice(x, l1, name)?, slice(w, l2, name)?);
+                CpuStorage::F64(gemm_xwt(x, w, rows, in_f, out_f))
+            }
+            _ => bail!("{name}: mixed or unsupported dtypes"),
+        };
+        let mut dims = l1.shape().dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = out_f;
+        }
+        Ok((out, Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (out_f, in_f) = w.dims2()?;
+        let rows = x.elem_count() / in_f.max(1);
+        let g = grad_res.reshape((rows, out_f))?;
+        let dx = g.matmul(w)?.reshape(x.shape())?;
+        let dw = g.t()?.matmul(&x.reshape((rows, in_f))?)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
