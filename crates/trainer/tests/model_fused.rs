@@ -6,8 +6,8 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use trainer::model::fused::{
-    self, attention, cross_entropy, exp_f32, linear, merge_heads, rms_norm, split_heads, swiglu,
-    AttentionMask, RopeTables,
+    self, attention, cross_entropy, exp_f32, head_cross_entropy, linear, merge_heads, rms_norm,
+    split_heads, swiglu, AttentionMask, RopeTables,
 };
 use trainer::model::init::SplitMix64;
 use trainer::model::layers;
@@ -234,6 +234,42 @@ fn cross_entropy_matches_log_softmax_gather() {
 }
 
 #[test]
+fn head_cross_entropy_matches_matmul_log_softmax_gather() {
+    let h = rand(&[9, 6], 16, DType::F64);
+    let w = rand(&[37, 6], 17, DType::F64).affine(2.0, 0.0).unwrap();
+    let labels: Vec<u32> = (0..9).map(|i| (i * 5 % 37) as u32).collect();
+    let ids = Tensor::from_slice(&labels, (9, 1), &Device::Cpu).unwrap();
+    let composed = |h: &Tensor, w: &Tensor, b: Option<&Tensor>| {
+        let logits = h.matmul(&w.t().unwrap()).unwrap();
+        let logits = match b {
+            Some(b) => logits.broadcast_add(b).unwrap(),
+            None => logits,
+        };
+        layers::log_softmax_last(&logits)
+            .unwrap()
+            .gather(&ids, 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap()
+            .neg()
+            .unwrap()
+    };
+    check(
+        "head_cross_entropy",
+        &[h.clone(), w.clone()],
+        |t| head_cross_entropy(&t[0], &t[1], None, &labels).unwrap(),
+        |t| composed(&t[0], &t[1], None),
+    );
+    let b = rand(&[37], 18, DType::F64);
+    check(
+        "head_cross_entropy with a bias",
+        &[h, w, b],
+        |t| head_cross_entropy(&t[0], &t[1], Some(&t[2]), &labels).unwrap(),
+        |t| composed(&t[0], &t[1], Some(&t[2])),
+    );
+}
+
+#[test]
 fn f32_kernels_match_composed_within_1e_5() {
     let (b, h, s, hd) = (2, 3, 7, 8);
     let f = |t: Tensor| t.to_dtype(DType::F32).unwrap();
@@ -295,4 +331,88 @@ fn exp_f32_is_within_two_ulp_of_exp() {
     // Clamped ends: never infinite, never negative.
     assert!(exp_f32(1000.0).is_finite() && exp_f32(-1000.0) >= 0.0);
     assert!(exp_f32(f32::NEG_INFINITY) < 1e-37);
+}
+
+/// Gradients of `sum(out * r)` w.r.t. `x`, computed by `backward` twice on the same graph.
+fn grad_twice(x: &Var, out: &Tensor) -> (Tensor, Tensor) {
+    let r = rand(out.dims(), 77, out.dtype());
+    let loss = (out * &r).unwrap().sum_all().unwrap();
+    let first = loss.backward().unwrap();
+    let second = loss.backward().unwrap();
+    (
+        first.get(x.as_tensor()).unwrap().clone(),
+        second.get(x.as_tensor()).unwrap().clone(),
+    )
+}
+
+#[test]
+fn a_second_backward_through_cached_kernels_gives_the_same_gradient() {
+    // attention and head_cross_entropy hand their saved activations to the first backward; a
+    // second backward through the same graph must recompute them, not fail.
+    let q = Var::from_tensor(&rand(&[2, 3, 7, 5], 31, DType::F64)).unwrap();
+    let mask = AttentionMask::new(2, 7, &segments()).unwrap();
+    let o = attention(q.as_tensor(), q.as_tensor(), q.as_tensor(), 0.4, &mask).unwrap();
+    let (a, b) = grad_twice(&q, &o);
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+    let h = Var::from_tensor(&rand(&[9, 6], 32, DType::F64)).unwrap();
+    let w = rand(&[37, 6], 33, DType::F64);
+    let labels: Vec<u32> = (0..9).map(|i| (i * 5 % 37) as u32).collect();
+    let nll = head_cross_entropy(h.as_tensor(), &w, None, &labels).unwrap();
+    let (a, b) = grad_twice(&h, &nll);
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+}
+
+#[test]
+fn cross_entropy_gradient_is_exact_when_the_label_logit_is_far_below() {
+    // The log-sum-exp is kept from the forward, not rebuilt as nll + logit[label] (which is
+    // NaN for a -inf label logit and loses every digit for -1e9).
+    for (row, want) in [
+        (
+            [f64::NEG_INFINITY, 1.0, 2.0],
+            [-1.0, 0.268_941_421_369_995, 0.731_058_578_630_005],
+        ),
+        ([0.0, 0.0, -1e9], [0.5, 0.5, -1.0]),
+    ] {
+        for dtype in [DType::F64, DType::F32] {
+            let x = Var::from_tensor(
+                &Tensor::from_slice(&row, (1, 3), &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap(),
+            )
+            .unwrap();
+            let label = if row[0].is_infinite() { 0 } else { 2 };
+            let grads = cross_entropy(x.as_tensor(), &[label])
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g = grads
+                .get(x.as_tensor())
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap();
+            let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            for (got, want) in g.iter().zip(want) {
+                assert!((got - want).abs() < 1e-6, "{row:?} {dtype:?}: {g:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn empty_inputs_take_the_composed_path() {
+    let x = Tensor::zeros((5, 0), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros((3, 0), DType::F32, &Device::Cpu).unwrap();
+    let y = linear(&x, &w, None).unwrap();
+    assert_eq!(y.dims(), [5, 3]);
+    assert_eq!(
+        y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        vec![0.0; 15]
+    );
+    // A later fused op still works (nothing poisoned the thread pool).
+    let x = rand(&[4, 8], 34, DType::F32);
+    let w = rand(&[8], 35, DType::F32);
+    assert!(rms_norm(&x, &w, 1e-6).is_ok());
 }

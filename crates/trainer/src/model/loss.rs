@@ -9,7 +9,7 @@
 
 use super::batch::TokenBatch;
 use super::error::ModelError;
-use super::fused::cross_entropy;
+use super::fused::head_cross_entropy;
 use super::lm::CausalLm;
 use candle_core::{DType, Tensor, Var};
 use std::collections::BTreeMap;
@@ -204,12 +204,7 @@ fn chunk_nll(
     chunk: &[u32],
 ) -> Result<Tensor, ModelError> {
     let labels: Vec<u32> = chunk.iter().map(|&i| batch.labels[i as usize]).collect();
-    let logits = hc.matmul(&lm.t()?)?;
-    let logits = match lm_b {
-        Some(b) => logits.broadcast_add(b)?,
-        None => logits,
-    };
-    Ok(cross_entropy(&logits, &labels)?)
+    Ok(head_cross_entropy(hc, lm, lm_b, &labels)?)
 }
 
 fn record(

@@ -59,7 +59,8 @@ pub fn attention(
 struct Attention {
     scale: f64,
     mask: AttentionMask,
-    /// The forward's probabilities `(rows * heads, seq, seq)`, kept for the backward.
+    /// The forward's probabilities `(rows * heads, seq, seq)`, taken by the first backward (a
+    /// later backward through the same node recomputes them).
     probs: Mutex<Option<CpuStorage>>,
 }
 
@@ -248,37 +249,33 @@ impl CustomOp3 for Attention {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let probs = match self.probs.lock() {
-            Ok(mut slot) => slot.take(),
-            Err(_) => None,
-        };
-        let Some(probs) = probs else {
-            bail!("attention: backward without the forward's probabilities (run twice?)");
-        };
+        // The first backward takes the forward's probabilities; a later one recomputes them.
+        let saved = self.probs.lock().ok().and_then(|mut slot| slot.take());
         let n = q.elem_count();
-        let hd = q.dim(3)?;
+        let (_, heads, _, hd) = q.dims4()?;
         let g = grad_res.contiguous()?;
         let (sq, lq) = q.storage_and_layout();
         let (sk, lk) = k.storage_and_layout();
         let (sv, lv) = v.storage_and_layout();
         let (sg, lg) = g.storage_and_layout();
         let name = self.name();
-        let all = match (&*sq, &*sk, &*sv, &*sg, &probs) {
+        let all = match (&*sq, &*sk, &*sv, &*sg) {
             (
                 Storage::Cpu(CpuStorage::F32(q)),
                 Storage::Cpu(CpuStorage::F32(k)),
                 Storage::Cpu(CpuStorage::F32(v)),
                 Storage::Cpu(CpuStorage::F32(g)),
-                CpuStorage::F32(p),
             ) => {
-                let out = self.backward(
+                let (q, k, v) = (
                     slice(q, lq, name)?,
                     slice(k, lk, name)?,
                     slice(v, lv, name)?,
-                    p,
-                    slice(g, lg, name)?,
-                    hd,
                 );
+                let p = match saved {
+                    Some(CpuStorage::F32(p)) => p,
+                    _ => self.forward(q, k, v, heads, hd).1,
+                };
+                let out = self.backward(q, k, v, &p, slice(g, lg, name)?, hd);
                 Tensor::from_vec(out, 3 * n, &Device::Cpu)?
             }
             (
@@ -286,16 +283,17 @@ impl CustomOp3 for Attention {
                 Storage::Cpu(CpuStorage::F64(k)),
                 Storage::Cpu(CpuStorage::F64(v)),
                 Storage::Cpu(CpuStorage::F64(g)),
-                CpuStorage::F64(p),
             ) => {
-                let out = self.backward(
+                let (q, k, v) = (
                     slice(q, lq, name)?,
                     slice(k, lk, name)?,
                     slice(v, lv, name)?,
-                    p,
-                    slice(g, lg, name)?,
-                    hd,
                 );
+                let p = match saved {
+                    Some(CpuStorage::F64(p)) => p,
+                    _ => self.forward(q, k, v, heads, hd).1,
+                };
+                let out = self.backward(q, k, v, &p, slice(g, lg, name)?, hd);
                 Tensor::from_vec(out, 3 * n, &Device::Cpu)?
             }
             _ => bail!("{name}: mixed or unsupported dtypes in the backward"),

@@ -3,7 +3,7 @@
 use super::fused_ok;
 use super::storage::{for_rows, host, max, slice, sum_exp, Float, Host};
 use crate::model::layers::log_softmax_last;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use std::sync::Arc;
 
 /// Negative log-likelihood of `labels` under `softmax(logits)`: `logits` is `(n, vocab)`
@@ -36,13 +36,30 @@ struct CrossEntropy {
     labels: Arc<[u32]>,
 }
 
-fn forward<T: Float>(x: &[T], labels: &[u32], vocab: usize) -> Vec<T> {
-    let mut out = vec![T::zero(); labels.len()];
-    for_rows(&mut out, 1, |r, o| {
+/// `(-log softmax(row)[label], log_sum_exp(row))` of every `vocab`-long row of `x`.
+pub(super) fn nll_rows<T: Float>(x: &[T], labels: &[u32], vocab: usize) -> (Vec<T>, Vec<T>) {
+    let mut out = vec![T::zero(); 2 * labels.len()];
+    for_rows(&mut out, 2, |r, o| {
         let row = &x[r * vocab..(r + 1) * vocab];
-        o[0] = log_sum_exp(row) - row[labels[r] as usize];
+        let lse = log_sum_exp(row);
+        o[0] = lse - row[labels[r] as usize];
+        o[1] = lse;
     });
-    out
+    out.chunks(2).map(|p| (p[0], p[1])).unzip()
+}
+
+/// `g[r] * (softmax(row) - onehot(label))` in place of every `vocab`-long row of `x`, given the
+/// rows' log-sum-exp (from the forward: rebuilding it from the loss loses precision when the
+/// label's logit is far below the others).
+pub(super) fn grad_rows<T: Float>(x: &mut [T], lse: &[T], g: &[T], labels: &[u32]) {
+    let vocab = x.len() / labels.len().max(1);
+    for_rows(x, vocab, |r, row| {
+        for v in row.iter_mut() {
+            *v = g[r] * (*v - lse[r]).exp_fast();
+        }
+        let l = labels[r] as usize;
+        row[l] = row[l] - g[r];
+    });
 }
 
 fn log_sum_exp<T: Float>(row: &[T]) -> T {
@@ -58,42 +75,33 @@ impl CustomOp1 for CrossEntropy {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, vocab) = l.shape().dims2()?;
         let out = match host(s, l, self.name())? {
-            Host::F32(x) => CpuStorage::F32(forward(x, &self.labels, vocab)),
-            Host::F64(x) => CpuStorage::F64(forward(x, &self.labels, vocab)),
+            Host::F32(x) => CpuStorage::F32(nll_rows(x, &self.labels, vocab).0),
+            Host::F64(x) => CpuStorage::F64(nll_rows(x, &self.labels, vocab).0),
         };
         Ok((out, Shape::from(n)))
     }
 
-    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let op = CrossEntropyGrad {
             labels: self.labels.clone(),
         };
-        let g = arg.apply_op3_no_bwd(&res.contiguous()?, &grad_res.contiguous()?, &op)?;
-        Ok(Some(g))
+        Ok(Some(arg.apply_op2_no_bwd(&grad_res.contiguous()?, &op)?))
     }
 }
 
-/// `(logits, nll, grad_nll)` to `grad_logits = grad_nll * (softmax(logits) - onehot(label))`,
-/// with `log_sum_exp = nll + logits[label]` taken from the forward's result.
+/// `(logits, grad_nll)` to `grad_logits = grad_nll * (softmax(logits) - onehot(label))`.
 struct CrossEntropyGrad {
     labels: Arc<[u32]>,
 }
 
-fn backward<T: Float>(x: &[T], nll: &[T], g: &[T], labels: &[u32], vocab: usize) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    for_rows(&mut out, vocab, |r, o| {
-        let row = &x[r * vocab..(r + 1) * vocab];
-        let l = labels[r] as usize;
-        let lse = nll[r] + row[l];
-        for (o, &v) in o.iter_mut().zip(row) {
-            *o = g[r] * (v - lse).exp_fast();
-        }
-        o[l] = o[l] - g[r];
-    });
+fn backward<T: Float>(x: &[T], g: &[T], labels: &[u32], vocab: usize) -> Vec<T> {
+    let (_, lse) = nll_rows(x, labels, vocab);
+    let mut out = x.to_vec();
+    grad_rows(&mut out, &lse, g, labels);
     out
 }
 
-impl CustomOp3 for CrossEntropyGrad {
+impl CustomOp2 for CrossEntropyGrad {
     fn name(&self) -> &'static str {
         "cross-entropy-grad"
     }
@@ -104,30 +112,22 @@ impl CustomOp3 for CrossEntropyGrad {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (_, vocab) = l1.shape().dims2()?;
         let name = self.name();
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(n), CpuStorage::F32(g)) => {
-                CpuStorage::F32(backward(
-                    slice(x, l1, name)?,
-                    slice(n, l2, name)?,
-                    slice(g, l3, name)?,
-                    &self.labels,
-                    vocab,
-                ))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(n), CpuStorage::F64(g)) => {
-                CpuStorage::F64(backward(
-                    slice(x, l1, name)?,
-                    slice(n, l2, name)?,
-                    slice(g, l3, name)?,
-                    &self.labels,
-                    vocab,
-                ))
-            }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(backward(
+                slice(x, l1, name)?,
+                slice(g, l2, name)?,
+                &self.labels,
+                vocab,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(backward(
+                slice(x, l1, name)?,
+                slice(g, l2, name)?,
+                &self.labels,
+                vocab,
+            )),
             _ => bail!("{name}: mixed or unsupported dtypes"),
         };
         Ok((out, l1.shape().clone()))

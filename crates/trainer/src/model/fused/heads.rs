@@ -47,7 +47,7 @@ pub fn split_heads(x: &Tensor, heads: usize, rope: Option<&RopeTables>) -> Resul
         .contiguous()?;
     match rope {
         Some(t) => {
-            let (cos, sin) = t.tensors();
+            let (cos, sin) = t.tensors()?;
             layers::partial_rope(&y, t.rot(), cos, sin)
         }
         None => Ok(y),

@@ -15,7 +15,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D}
 /// # Errors
 /// Shape or dtype mismatch, or a tensor failure.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    if !(fused_ok(x) && x.dtype() == w.dtype()) || std::env::var("XLIN").is_ok() {
+    if !(fused_ok(x) && fused_ok(w) && x.dtype() == w.dtype()) {
         return layers::linear(x, w, b);
     }
     let (out_f, in_f) = w.dims2()?;
@@ -33,7 +33,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 struct Linear;
 
 /// `dst (rows, out) = x (rows, in) @ w^T`, `w` row-major `(out, in)`.
-fn gemm_xwt<T: 'static + num_traits::Zero + num_traits::One + Copy>(
+pub(super) fn gemm_xwt<T: 'static + num_traits::Zero + num_traits::One + Copy>(
     x: &[T],
     w: &[T],
     rows: usize,
@@ -41,17 +41,18 @@ fn gemm_xwt<T: 'static + num_traits::Zero + num_traits::One + Copy>(
     out_f: usize,
 ) -> Vec<T> {
     let mut dst = vec![T::zero(); rows * out_f];
-    if rows == 0 || out_f == 0 {
+    if rows == 0 || out_f == 0 || in_f == 0 {
         return dst;
     }
+    assert!(x.len() >= rows * in_f && w.len() >= out_f * in_f);
     let threads = candle_core::utils::get_num_threads();
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: `x` holds rows * in_f elements, `w` out_f * in_f and `dst` rows * out_f (checked
-    // by the caller against the layouts); the strides below address exactly those ranges:
+    // SAFETY: `x` holds rows * in_f elements, `w` out_f * in_f and `dst` rows * out_f (asserted
+    // above); the strides below address exactly those ranges:
     // dst (m = rows, n = out_f) row-major, lhs x (rows, in_f) row-major, rhs w^T (in_f, out_f)
     // read from row-major w (element (k, n) at n * in_f + k).
     unsafe {

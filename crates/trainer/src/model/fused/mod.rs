@@ -15,6 +15,7 @@
 
 mod attention;
 mod cross_entropy;
+mod head_loss;
 mod heads;
 mod linear;
 mod rms_norm;
@@ -25,6 +26,7 @@ mod swiglu;
 
 pub use attention::attention;
 pub use cross_entropy::cross_entropy;
+pub use head_loss::head_cross_entropy;
 pub use heads::{merge_heads, split_heads};
 pub use linear::linear;
 pub use rms_norm::rms_norm;
@@ -35,10 +37,14 @@ pub use swiglu::swiglu;
 
 use candle_core::{DType, Tensor};
 
-/// Whether the fused kernel handles this tensor (CPU, f32 or f64) and fusion is not turned off
-/// with `COBA_FUSED=0` (kept for A/B benchmarks and debugging).
+/// Whether the fused kernel handles this tensor (CPU, f32 or f64, not empty) and fusion is not
+/// turned off with `COBA_FUSED=0` (kept for A/B benchmarks and debugging). Empty tensors take
+/// the composed path, whose shape rules for zero-width dims the kernels need not repeat.
 pub(crate) fn fused_ok(t: &Tensor) -> bool {
-    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64) && fusion_enabled()
+    t.device().is_cpu()
+        && matches!(t.dtype(), DType::F32 | DType::F64)
+        && t.elem_count() > 0
+        && fusion_enabled()
 }
 
 fn fusion_enabled() -> bool {

@@ -1,7 +1,7 @@
 //! RMSNorm `y = x / sqrt(mean(x^2) + eps) * w` and its gradient.
 
 use super::fused_ok;
-use super::storage::{for_rows, slice, Float};
+use super::storage::{dot, for_rows, slice, Float};
 use crate::model::layers;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 
@@ -28,7 +28,7 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn inv_rms<T: Float>(&self, row: &[T]) -> T {
-        let ms = row.iter().map(|&v| v * v).sum::<T>() / T::of(row.len() as f64);
+        let ms = dot(row, row) / T::of(row.len() as f64);
         (ms + T::of(self.eps)).sqrt().recip()
     }
 
@@ -60,15 +60,10 @@ impl RmsNorm {
         for_rows(dx, d, |r, dx| {
             let (row, g) = (&x[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d]);
             let inv = inv[r];
-            let dot = row
-                .iter()
-                .zip(g)
-                .zip(w)
-                .map(|((&v, &g), &wi)| g * wi * v * inv)
-                .sum::<T>()
-                / T::of(d as f64);
-            for (((o, &v), &g), &wi) in dx.iter_mut().zip(row).zip(g).zip(w) {
-                *o = inv * (g * wi - v * inv * dot);
+            let gw: Vec<T> = g.iter().zip(w).map(|(&g, &wi)| g * wi).collect();
+            let dot = dot(&gw, row) * inv / T::of(d as f64);
+            for ((o, &v), &gw) in dx.iter_mut().zip(row).zip(&gw) {
+                *o = inv * (gw - v * inv * dot);
             }
         });
         // dw: partial sums over fixed blocks of rows (in parallel), then summed in block order,

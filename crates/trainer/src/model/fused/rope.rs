@@ -4,7 +4,7 @@
 use super::storage::Float;
 use crate::model::layers;
 use candle_core::{bail, DType, Device, Result, Tensor};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Cosine and sine tables for a `(rows, seq)` batch of positions.
 #[derive(Debug, Clone)]
@@ -16,8 +16,13 @@ pub struct RopeTables {
     /// `(rows * seq, rot / 2)` angles' cosines and sines, f64.
     cos: Arc<[f64]>,
     sin: Arc<[f64]>,
+    /// What the composed path's tensors are built from, on first use.
+    positions: Arc<[u32]>,
+    theta: f64,
+    dtype: DType,
+    device: Device,
     /// The composed path's `(rows, 1, seq, rot)` tables in the model dtype.
-    tensors: (Tensor, Tensor),
+    tensors: OnceLock<(Tensor, Tensor)>,
 }
 
 impl RopeTables {
@@ -50,14 +55,17 @@ impl RopeTables {
             .flat_map(|&p| inv.iter().map(move |f| p as f64 * f));
         let cos: Arc<[f64]> = angles.clone().map(f64::cos).collect();
         let sin: Arc<[f64]> = angles.map(f64::sin).collect();
-        let tensors = layers::rope_tables(positions, rows, seq, rot, theta, dtype, device)?;
         Ok(Self {
             rows,
             seq,
             rot,
             cos,
             sin,
-            tensors,
+            positions: positions.into(),
+            theta,
+            dtype,
+            device: device.clone(),
+            tensors: OnceLock::new(),
         })
     }
 }
@@ -68,9 +76,24 @@ impl RopeTables {
         self.rot
     }
 
-    /// The composed path's `(rows, 1, seq, rot)` cosine and sine tensors.
-    pub(super) fn tensors(&self) -> &(Tensor, Tensor) {
-        &self.tensors
+    /// The composed path's `(rows, 1, seq, rot)` cosine and sine tensors (built on first use).
+    ///
+    /// # Errors
+    /// A tensor failure.
+    pub(super) fn tensors(&self) -> Result<&(Tensor, Tensor)> {
+        if let Some(t) = self.tensors.get() {
+            return Ok(t);
+        }
+        let t = layers::rope_tables(
+            &self.positions,
+            self.rows,
+            self.seq,
+            self.rot,
+            self.theta,
+            self.dtype,
+            &self.device,
+        )?;
+        Ok(self.tensors.get_or_init(|| t))
     }
 
     /// `(rows, seq)` this table was built for.

@@ -101,6 +101,24 @@ pub(super) fn sum_exp<T: Float>(xs: &[T], shift: T) -> T {
     s
 }
 
+/// `sum_j x_j y_j` in eight interleaved partial sums (vectorises, fixed order; more accurate
+/// in f32 than one running sum over thousands of terms).
+pub(super) fn dot<T: Float>(xs: &[T], ys: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let (cx, cy) = (xs.chunks_exact(8), ys.chunks_exact(8));
+    let (rx, ry) = (cx.remainder(), cy.remainder());
+    for (a, b) in cx.zip(cy) {
+        for k in 0..8 {
+            acc[k] = acc[k] + a[k] * b[k];
+        }
+    }
+    let mut s = acc.iter().fold(T::zero(), |a, &b| a + b);
+    for (&a, &b) in rx.iter().zip(ry) {
+        s = s + a * b;
+    }
+    s
+}
+
 /// The largest element (`-inf` for an empty slice).
 pub(super) fn max<T: Float>(xs: &[T]) -> T {
     xs.iter().copied().fold(T::neg_infinity(), T::max)
@@ -116,23 +134,39 @@ unsafe impl<T: Send> Sync for SharedMut<T> {}
 /// Runs `f(r, row)` for every `row_len`-long row `r` of `out`, spread over candle's CPU thread
 /// pool (the one its own ops use, so no second pool competes for the cores). Which thread runs
 /// which row varies; each row's result depends only on `r`, so results are deterministic.
+///
+/// A panic in `f` is caught on the worker and re-raised here, after the pool is released:
+/// unwinding through the pool would poison its lock and break every later candle op.
 pub(super) fn for_rows<T: Send, F: Fn(usize, &mut [T]) + Sync>(
     out: &mut [T],
     row_len: usize,
     f: F,
 ) {
-    if row_len == 0 {
+    if row_len == 0 || out.is_empty() {
         return;
     }
     let rows = out.len() / row_len;
     let base = SharedMut(out.as_mut_ptr());
     let base = &base;
+    let panicked: std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>> =
+        std::sync::Mutex::new(None);
     candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
-        for r in range {
-            // SAFETY: `execute_chunked` hands out disjoint ranges of `0..rows`, so row `r`
-            // (inside `out`, as `r < rows`) is borrowed by exactly one thread.
-            let row = unsafe { std::slice::from_raw_parts_mut(base.0.add(r * row_len), row_len) };
-            f(r, row);
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for r in range {
+                // SAFETY: `execute_chunked` hands out disjoint ranges of `0..rows`, so row `r`
+                // (inside `out`, as `r < rows`) is borrowed by exactly one thread.
+                let row =
+                    unsafe { std::slice::from_raw_parts_mut(base.0.add(r * row_len), row_len) };
+                f(r, row);
+            }
+        }));
+        if let Err(payload) = run {
+            if let Ok(mut slot) = panicked.lock() {
+                slot.get_or_insert(payload);
+            }
         }
     });
+    if let Some(payload) = panicked.into_inner().ok().flatten() {
+        std::panic::resume_unwind(payload);
+    }
 }
