@@ -71,6 +71,14 @@ impl From<Phi> for Model {
 }
 
 impl CausalLm for Model {
+    fn hidden_cached(
+        &self,
+        ids: &[u32],
+        cache: &mut super::kv_cache::KvCache,
+    ) -> Result<Option<Tensor>, ModelError> {
+        self.inner().hidden_cached(ids, cache)
+    }
+
     fn hidden(&self, batch: &TokenBatch, track: bool) -> Result<Tensor, ModelError> {
         self.inner().hidden(batch, track)
     }

@@ -1,9 +1,10 @@
-//! Autoregressive decoding (no KV cache: each step re-runs the no-graph forward, which is
-//! adequate for short probes and the `generate` command, not for serving).
+//! Autoregressive decoding with a KV cache (one forward over the prompt, then one position per
+//! new token), or by re-running the whole sequence for models without one.
 
 use super::batch::TokenBatch;
 use super::error::ModelError;
 use super::init::SplitMix64;
+use super::kv_cache::KvCache;
 use super::lm::CausalLm;
 use candle_core::{DType, D};
 
@@ -39,10 +40,15 @@ pub(crate) fn generate<M: CausalLm + ?Sized>(
     let (w, b) = m.head(false);
     let mut tokens = prompt.to_vec();
     let mut out = Vec::new();
+    let mut cache = KvCache::new();
+    // The ids the next forward appends to the cache: the prompt, then each new token.
+    let mut pending = prompt.to_vec();
     for _ in 0..max_new {
-        let batch = TokenBatch::inputs(1, tokens.len(), tokens.clone());
-        let h = m.hidden(&batch, false)?;
-        let last = h.narrow(1, tokens.len() - 1, 1)?.squeeze(1)?;
+        let h = match m.hidden_cached(&pending, &mut cache)? {
+            Some(h) => h,
+            None => m.hidden(&TokenBatch::inputs(1, tokens.len(), tokens.clone()), false)?,
+        };
+        let last = h.narrow(1, h.dim(1)? - 1, 1)?.squeeze(1)?;
         let logits = last.matmul(&w.t()?)?;
         let logits = match &b {
             Some(b) => logits.broadcast_add(b)?,
@@ -58,6 +64,7 @@ pub(crate) fn generate<M: CausalLm + ?Sized>(
         };
         tokens.push(next);
         out.push(next);
+        pending = vec![next];
         if stop.contains(&next) {
             break;
         }

@@ -7,11 +7,9 @@
 use super::batch::TokenBatch;
 use super::config::LlamaConfig;
 use super::error::ModelError;
-use super::fused::{
-    attention, linear, merge_heads, rms_norm, split_heads, swiglu, AttentionMask, RopeTables,
-};
+use super::fused::{linear, merge_heads, rms_norm, split_heads, swiglu, AttentionMask, RopeTables};
 use super::init::SplitMix64;
-use super::layers::repeat_kv;
+use super::kv_cache::{Attend, KvCache};
 use super::lm::CausalLm;
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::BTreeMap;
@@ -234,9 +232,36 @@ impl Llama {
         )?;
         let mask = AttentionMask::new(rows, seq, &batch.segment_ids)?;
         for layer in &self.layers {
-            x = self.block(&x, layer, &tables, &mask, track)?;
+            x = self.block(&x, layer, &tables, Attend::Batch(&mask), track)?;
         }
         Ok(rms_norm(&x, &w(&self.norm, track), self.cfg.rms_norm_eps)?)
+    }
+
+    /// Final hidden states `(1, ids.len(), hidden)` of `ids` appended after the cached
+    /// positions (no graph); the cache grows by `ids.len()`.
+    fn hidden_after_cache(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor, ModelError> {
+        let batch = TokenBatch::inputs(1, ids.len(), ids.to_vec());
+        batch.validate(self.cfg.vocab_size)?;
+        let (n, d, past) = (ids.len(), self.cfg.hidden_size, cache.len());
+        let t = Tensor::from_slice(ids, n, &self.device)?;
+        let mut x = w(&self.embed, false)
+            .index_select(&t, 0)?
+            .reshape((1, n, d))?;
+        let positions: Vec<u32> = (past..past + n).map(|p| p as u32).collect();
+        let tables = RopeTables::new(
+            &positions,
+            1,
+            n,
+            self.cfg.head_dim(),
+            self.cfg.rope_theta,
+            self.dtype,
+            &self.device,
+        )?;
+        for (layer, lc) in self.layers.iter().zip(cache.layers(self.layers.len())) {
+            x = self.block(&x, layer, &tables, Attend::Cached(lc), false)?;
+        }
+        cache.advance(n);
+        Ok(rms_norm(&x, &w(&self.norm, false), self.cfg.rms_norm_eps)?)
     }
 
     fn block(
@@ -244,7 +269,7 @@ impl Llama {
         x: &Tensor,
         l: &Layer,
         tables: &RopeTables,
-        mask: &AttentionMask,
+        attend: Attend<'_>,
         track: bool,
     ) -> candle_core::Result<Tensor> {
         let (nh, nkv, hd) = (
@@ -261,10 +286,7 @@ impl Llama {
         let q = split_heads(&q, nh, Some(tables))?;
         let k = split_heads(&k, nkv, Some(tables))?;
         let v = split_heads(&v, nkv, None)?;
-        let k = repeat_kv(&k, nh / nkv)?.contiguous()?;
-        let v = repeat_kv(&v, nh / nkv)?.contiguous()?;
-        let o = attention(&q, &k, &v, 1.0 / (hd as f64).sqrt(), mask)?;
-        let o = merge_heads(&o)?;
+        let o = merge_heads(&attend.run(&q, &k, &v, 1.0 / (hd as f64).sqrt())?)?;
         let x = (x + linear(&o, &w(&l.o, track), ow(&l.o_b).as_ref())?)?;
         let h = rms_norm(&x, &w(&l.post_norm, track), eps)?;
         let g = linear(&h, &w(&l.gate, track), None)?;
@@ -276,6 +298,14 @@ impl Llama {
 impl CausalLm for Llama {
     fn hidden(&self, batch: &TokenBatch, track: bool) -> Result<Tensor, ModelError> {
         self.hidden_states(batch, track)
+    }
+
+    fn hidden_cached(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+    ) -> Result<Option<Tensor>, ModelError> {
+        self.hidden_after_cache(ids, cache).map(Some)
     }
 
     fn head(&self, track: bool) -> (Tensor, Option<Tensor>) {

@@ -4,6 +4,7 @@
 use super::batch::TokenBatch;
 use super::error::ModelError;
 use super::generate::Sampling;
+use super::kv_cache::KvCache;
 use super::loss::{LossOptions, LossReport, StepOutput};
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::BTreeMap;
@@ -17,6 +18,22 @@ pub trait CausalLm {
     /// # Errors
     /// A malformed batch or a tensor failure.
     fn hidden(&self, batch: &TokenBatch, track: bool) -> Result<Tensor, ModelError>;
+
+    /// Final hidden states `(1, ids.len(), hidden)` of `ids` appended after the positions in
+    /// `cache` (no graph; RoPE positions continue from `cache.len()`), which grows by
+    /// `ids.len()`. `None` when the model has no cached decoding (callers re-run
+    /// [`CausalLm::hidden`] over the whole sequence instead).
+    ///
+    /// # Errors
+    /// Ids outside the vocabulary or a tensor failure.
+    fn hidden_cached(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+    ) -> Result<Option<Tensor>, ModelError> {
+        let _ = (ids, cache);
+        Ok(None)
+    }
 
     /// LM head weight `(vocab, hidden)` and optional bias `(vocab)`, tracked or detached.
     fn head(&self, track: bool) -> (Tensor, Option<Tensor>);
@@ -94,8 +111,9 @@ pub trait CausalLm {
     }
 
     /// Appends up to `max_new` tokens to `prompt`, stopping after any token in `stop`;
-    /// returns the new tokens (with the stop token if one was produced). No KV cache: each
-    /// step re-runs the no-graph forward (fine for probes and the `generate` command).
+    /// returns the new tokens (with the stop token if one was produced). Uses a KV cache where
+    /// the model has one ([`CausalLm::hidden_cached`]): one forward over the prompt, then one
+    /// position per token; otherwise each step re-runs the whole sequence.
     ///
     /// # Errors
     /// An empty prompt, ids outside the vocabulary, or a tensor failure.

@@ -4,9 +4,10 @@
 
 use super::batch::TokenBatch;
 use super::error::ModelError;
-use super::fused::{attention, linear, merge_heads, split_heads, AttentionMask, RopeTables};
+use super::fused::{linear, merge_heads, split_heads, AttentionMask, RopeTables};
 use super::init::SplitMix64;
-use super::layers::{layer_norm, repeat_kv};
+use super::kv_cache::{Attend, KvCache};
+use super::layers::layer_norm;
 use super::lm::CausalLm;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -364,7 +365,7 @@ impl Phi {
         x: &Tensor,
         l: &PhiLayer,
         tables: &RopeTables,
-        mask: &AttentionMask,
+        attend: Attend<'_>,
         track: bool,
     ) -> candle_core::Result<Tensor> {
         let (nh, nkv, hd) = (
@@ -382,9 +383,7 @@ impl Phi {
         let q = split_heads(&lin(&h, &l.q)?, nh, Some(tables))?;
         let k = split_heads(&lin(&h, &l.k)?, nkv, Some(tables))?;
         let v = split_heads(&lin(&h, &l.v)?, nkv, None)?;
-        let k = repeat_kv(&k, nh / nkv)?.contiguous()?;
-        let v = repeat_kv(&v, nh / nkv)?.contiguous()?;
-        let o = merge_heads(&attention(&q, &k, &v, 1.0 / (hd as f64).sqrt(), mask)?)?;
+        let o = merge_heads(&attend.run(&q, &k, &v, 1.0 / (hd as f64).sqrt())?)?;
         let attn = lin(&o, &l.dense)?;
         let f = lin(&h, &l.fc1)?;
         let f = if self.cfg.hidden_act == "gelu" {
@@ -421,7 +420,7 @@ impl CausalLm for Phi {
         )?;
         let mask = AttentionMask::new(rows, seq, &batch.segment_ids)?;
         for layer in &self.layers {
-            x = self.block(&x, layer, &tables, &mask, track)?;
+            x = self.block(&x, layer, &tables, Attend::Batch(&mask), track)?;
         }
         Ok(layer_norm(
             &x,
@@ -429,6 +428,40 @@ impl CausalLm for Phi {
             &w(&self.ln_b, track),
             self.cfg.layer_norm_eps,
         )?)
+    }
+
+    fn hidden_cached(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+    ) -> Result<Option<Tensor>, ModelError> {
+        let batch = TokenBatch::inputs(1, ids.len(), ids.to_vec());
+        batch.validate(self.cfg.vocab_size)?;
+        let (n, d, past) = (ids.len(), self.cfg.hidden_size, cache.len());
+        let t = Tensor::from_slice(ids, n, &self.device)?;
+        let mut x = w(&self.embed, false)
+            .index_select(&t, 0)?
+            .reshape((1, n, d))?;
+        let positions: Vec<u32> = (past..past + n).map(|p| p as u32).collect();
+        let tables = RopeTables::new(
+            &positions,
+            1,
+            n,
+            self.cfg.rotary_dim(),
+            self.cfg.rope_theta,
+            self.dtype,
+            &self.device,
+        )?;
+        for (layer, lc) in self.layers.iter().zip(cache.layers(self.layers.len())) {
+            x = self.block(&x, layer, &tables, Attend::Cached(lc), false)?;
+        }
+        cache.advance(n);
+        Ok(Some(layer_norm(
+            &x,
+            &w(&self.ln_w, false),
+            &w(&self.ln_b, false),
+            self.cfg.layer_norm_eps,
+        )?))
     }
 
     fn head(&self, track: bool) -> (Tensor, Option<Tensor>) {
