@@ -6,7 +6,8 @@
 //! --layers 8 --heads 8 --ffn 688 --batch 8 --seq 256]` prints one line: median step time
 //! (seconds, first step excluded as warm-up), tokens/s, GFLOP/s (6 x params x tokens / time),
 //! the final loss and the peak RSS (MiB, `VmHWM`). Every position is scored, one segment per
-//! row, untied head: the same work as the peer.
+//! row, untied head: the same work as the peer (the defaults are the peer's shape, 10.5M
+//! parameters; the initialisations differ, so the printed losses are not comparable).
 
 use candle_core::{DType, Device};
 use std::collections::BTreeMap;
@@ -17,7 +18,17 @@ use trainer::optim::{AdamW, AdamWConfig};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("step bench: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     trainer::alloc::keep_freed_memory();
     let mut opts: BTreeMap<&str, usize> = [
         ("threads", 2),
@@ -36,6 +47,16 @@ fn main() -> anyhow::Result<()> {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "One training step of a random Llama (forward, backward, AdamW) on a fixed batch."
+        );
+        println!("Flags, with their defaults (the PyTorch peer's):");
+        for (k, v) in &opts {
+            println!("  --{k} {v}");
+        }
+        return Ok(());
+    }
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let key = flag.trim_start_matches("--");
@@ -51,6 +72,9 @@ fn main() -> anyhow::Result<()> {
         *slot = value
             .parse()
             .map_err(|e| anyhow::anyhow!("{flag} {value}: {e}"))?;
+    }
+    if let Some((k, _)) = opts.iter().find(|(_, &v)| v == 0) {
+        anyhow::bail!("--{k} must be at least 1");
     }
     // candle sizes its thread pools from this variable on first use.
     std::env::set_var("RAYON_NUM_THREADS", opts["threads"].to_string());
