@@ -1,7 +1,7 @@
 //! `-log softmax(logits)[label]` per row, and its gradient `g * (softmax - onehot)`.
 
 use super::fused_ok;
-use super::storage::{for_rows, host, max, slice, sum_exp, Float, Host};
+use super::storage::{for_rows, host, max, run2, sum_exp, Float, Host, Kernel2};
 use crate::model::layers::log_softmax_last;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use std::sync::Arc;
@@ -101,6 +101,12 @@ fn backward<T: Float>(x: &[T], g: &[T], labels: &[u32], vocab: usize) -> Vec<T> 
     out
 }
 
+impl Kernel2 for CrossEntropyGrad {
+    fn apply<T: Float>(&self, x: &[T], g: &[T]) -> Vec<T> {
+        backward(x, g, &self.labels, x.len() / self.labels.len().max(1))
+    }
+}
+
 impl CustomOp2 for CrossEntropyGrad {
     fn name(&self) -> &'static str {
         "cross-entropy-grad"
@@ -113,23 +119,7 @@ impl CustomOp2 for CrossEntropyGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (_, vocab) = l1.shape().dims2()?;
-        let name = self.name();
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(backward(
-                slice(x, l1, name)?,
-                slice(g, l2, name)?,
-                &self.labels,
-                vocab,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(backward(
-                slice(x, l1, name)?,
-                slice(g, l2, name)?,
-                &self.labels,
-                vocab,
-            )),
-            _ => bail!("{name}: mixed or unsupported dtypes"),
-        };
+        let out = run2(self, self.name(), (s1, l1), (s2, l2))?;
         Ok((out, l1.shape().clone()))
     }
 }

@@ -1,7 +1,7 @@
 //! `y = x @ w^T (+ b)` as one graph node.
 
 use super::fused_ok;
-use super::storage::slice;
+use super::storage::{run2, Float, Kernel2};
 use crate::model::layers;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
 
@@ -31,6 +31,19 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 }
 
 struct Linear;
+
+/// The forward product of [`Linear`] for given sizes.
+struct XwT {
+    rows: usize,
+    in_f: usize,
+    out_f: usize,
+}
+
+impl Kernel2 for XwT {
+    fn apply<T: Float>(&self, x: &[T], w: &[T]) -> Vec<T> {
+        gemm_xwt(x, w, self.rows, self.in_f, self.out_f)
+    }
+}
 
 /// `dst (rows, out) = x (rows, in) @ w^T`, `w` row-major `(out, in)`.
 pub(super) fn gemm_xwt<T: 'static + num_traits::Zero + num_traits::One + Copy>(
@@ -93,20 +106,10 @@ impl CustomOp2 for Linear {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
         let (out_f, in_f) = l2.shape().dims2()?;
         let rows = l1.shape().elem_count() / in_f.max(1);
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
-                let (x, w) = (slice(x, l1, name)?, slice(w, l2, name)?);
-                CpuStorage::F32(gemm_xwt(x, w, rows, in_f, out_f))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w)) => {
-                let (x, w) = (slice(x, l1, name)?, slice(w, l2, name)?);
-                CpuStorage::F64(gemm_xwt(x, w, rows, in_f, out_f))
-            }
-            _ => bail!("{name}: mixed or unsupported dtypes"),
-        };
+        let gemm = XwT { rows, in_f, out_f };
+        let out = run2(&gemm, self.name(), (s1, l1), (s2, l2))?;
         let mut dims = l1.shape().dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = out_f;

@@ -1,7 +1,7 @@
 //! RMSNorm `y = x / sqrt(mean(x^2) + eps) * w` and its gradient.
 
 use super::fused_ok;
-use super::storage::{dot, for_rows, slice, Float};
+use super::storage::{dot, for_rows, run2, run3, Float, Kernel2, Kernel3};
 use crate::model::layers;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 
@@ -86,6 +86,18 @@ impl RmsNorm {
     }
 }
 
+impl Kernel2 for RmsNorm {
+    fn apply<T: Float>(&self, x: &[T], w: &[T]) -> Vec<T> {
+        self.forward(x, w)
+    }
+}
+
+impl Kernel3 for RmsNorm {
+    fn apply<T: Float>(&self, x: &[T], w: &[T], dy: &[T]) -> Vec<T> {
+        self.backward(x, w, dy)
+    }
+}
+
 impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
         "rms-norm"
@@ -98,16 +110,7 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(w)) => {
-                CpuStorage::F32(self.forward(slice(x, l1, name)?, slice(w, l2, name)?))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w)) => {
-                CpuStorage::F64(self.forward(slice(x, l1, name)?, slice(w, l2, name)?))
-            }
-            _ => bail!("{name}: mixed or unsupported dtypes"),
-        };
+        let out = run2(self, self.name(), (s1, l1), (s2, l2))?;
         Ok((out, l1.shape().clone()))
     }
 
@@ -144,26 +147,9 @@ impl CustomOp3 for RmsNormGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
         let d = l2.shape().elem_count();
         let rows = l1.shape().elem_count() / d;
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(g)) => {
-                CpuStorage::F32(self.0.backward(
-                    slice(x, l1, name)?,
-                    slice(w, l2, name)?,
-                    slice(g, l3, name)?,
-                ))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(g)) => {
-                CpuStorage::F64(self.0.backward(
-                    slice(x, l1, name)?,
-                    slice(w, l2, name)?,
-                    slice(g, l3, name)?,
-                ))
-            }
-            _ => bail!("{name}: mixed or unsupported dtypes"),
-        };
+        let out = run3(&self.0, self.name(), (s1, l1), (s2, l2), (s3, l3))?;
         Ok((out, Shape::from((rows + 1, d))))
     }
 }

@@ -2,7 +2,7 @@
 //! mask, and their gradient.
 
 use super::fused_ok;
-use super::storage::{for_rows, host, max, slice, Float, Host};
+use super::storage::{for_rows, host, max, run2, Float, Host, Kernel2};
 use crate::model::layers::{attention_mask, softmax_last};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Device, Layout, Result, Shape, Tensor};
 use std::sync::Arc;
@@ -215,6 +215,12 @@ struct CausalSoftmaxGrad {
     inner: CausalSoftmax,
 }
 
+impl Kernel2 for CausalSoftmaxGrad {
+    fn apply<T: Float>(&self, p: &[T], dp: &[T]) -> Vec<T> {
+        self.inner.backward(p, dp)
+    }
+}
+
 impl CustomOp2 for CausalSoftmaxGrad {
     fn name(&self) -> &'static str {
         "causal-softmax-grad"
@@ -227,18 +233,7 @@ impl CustomOp2 for CausalSoftmaxGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
-        let out = match (s1, s2) {
-            (CpuStorage::F32(p), CpuStorage::F32(g)) => CpuStorage::F32(
-                self.inner
-                    .backward(slice(p, l1, name)?, slice(g, l2, name)?),
-            ),
-            (CpuStorage::F64(p), CpuStorage::F64(g)) => CpuStorage::F64(
-                self.inner
-                    .backward(slice(p, l1, name)?, slice(g, l2, name)?),
-            ),
-            _ => bail!("{name}: mixed or unsupported dtypes"),
-        };
+        let out = run2(self, self.name(), (s1, l1), (s2, l2))?;
         Ok((out, l1.shape().clone()))
     }
 }

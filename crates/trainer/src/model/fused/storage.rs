@@ -26,6 +26,55 @@ pub(super) fn host<'a>(s: &'a CpuStorage, layout: &Layout, op: &str) -> Result<H
     }
 }
 
+/// A kernel of two same-length-agnostic host arguments, written once for f32 and f64.
+pub(super) trait Kernel2 {
+    /// The result for contiguous arguments `a` and `b` of one dtype.
+    fn apply<T: Float>(&self, a: &[T], b: &[T]) -> Vec<T>;
+}
+
+/// A kernel of three host arguments, written once for f32 and f64.
+pub(super) trait Kernel3 {
+    /// The result for contiguous arguments `a`, `b` and `c` of one dtype.
+    fn apply<T: Float>(&self, a: &[T], b: &[T], c: &[T]) -> Vec<T>;
+}
+
+/// Runs `k` on two CPU storages of the same float dtype (error naming `op` otherwise).
+pub(super) fn run2<K: Kernel2>(
+    k: &K,
+    op: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+) -> Result<CpuStorage> {
+    Ok(match (s1, s2) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+            CpuStorage::F32(k.apply(slice(a, l1, op)?, slice(b, l2, op)?))
+        }
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+            CpuStorage::F64(k.apply(slice(a, l1, op)?, slice(b, l2, op)?))
+        }
+        _ => bail!("{op}: mixed or unsupported dtypes"),
+    })
+}
+
+/// Runs `k` on three CPU storages of the same float dtype (error naming `op` otherwise).
+pub(super) fn run3<K: Kernel3>(
+    k: &K,
+    op: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+) -> Result<CpuStorage> {
+    Ok(match (s1, s2, s3) {
+        (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => {
+            CpuStorage::F32(k.apply(slice(a, l1, op)?, slice(b, l2, op)?, slice(c, l3, op)?))
+        }
+        (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c)) => {
+            CpuStorage::F64(k.apply(slice(a, l1, op)?, slice(b, l2, op)?, slice(c, l3, op)?))
+        }
+        _ => bail!("{op}: mixed or unsupported dtypes"),
+    })
+}
+
 /// The float types the kernels are written for (f32 and f64).
 pub(super) trait Float:
     num_traits::Float + std::iter::Sum + Send + Sync + Copy + 'static

@@ -1,7 +1,7 @@
 //! The SwiGLU gate `silu(g) * u` (Shazeer 2020; the Llama MLP) as one graph node.
 
 use super::fused_ok;
-use super::storage::{for_rows, slice, Float};
+use super::storage::{for_rows, run2, run3, Float, Kernel2, Kernel3};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// `silu(g) * u` with `silu(x) = x * sigmoid(x)`; `g` and `u` have the same shape and dtype.
@@ -77,6 +77,18 @@ fn for_blocks<T: Float, F: Fn(usize, &mut [T]) + Sync>(out: &mut [T], f: F) {
     }
 }
 
+impl Kernel2 for SwiGlu {
+    fn apply<T: Float>(&self, g: &[T], u: &[T]) -> Vec<T> {
+        forward(g, u)
+    }
+}
+
+impl Kernel3 for SwiGluGrad {
+    fn apply<T: Float>(&self, g: &[T], u: &[T], dy: &[T]) -> Vec<T> {
+        backward(g, u, dy)
+    }
+}
+
 impl CustomOp2 for SwiGlu {
     fn name(&self) -> &'static str {
         "swiglu"
@@ -89,16 +101,7 @@ impl CustomOp2 for SwiGlu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
-        let out = match (s1, s2) {
-            (CpuStorage::F32(g), CpuStorage::F32(u)) => {
-                CpuStorage::F32(forward(slice(g, l1, name)?, slice(u, l2, name)?))
-            }
-            (CpuStorage::F64(g), CpuStorage::F64(u)) => {
-                CpuStorage::F64(forward(slice(g, l1, name)?, slice(u, l2, name)?))
-            }
-            _ => bail!("{name}: mixed or unsupported dtypes"),
-        };
+        let out = run2(self, self.name(), (s1, l1), (s2, l2))?;
         Ok((out, l1.shape().clone()))
     }
 
@@ -134,25 +137,8 @@ impl CustomOp3 for SwiGluGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
         let n = l1.shape().elem_count();
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(g), CpuStorage::F32(u), CpuStorage::F32(d)) => {
-                CpuStorage::F32(backward(
-                    slice(g, l1, name)?,
-                    slice(u, l2, name)?,
-                    slice(d, l3, name)?,
-                ))
-            }
-            (CpuStorage::F64(g), CpuStorage::F64(u), CpuStorage::F64(d)) => {
-                CpuStorage::F64(backward(
-                    slice(g, l1, name)?,
-                    slice(u, l2, name)?,
-                    slice(d, l3, name)?,
-                ))
-            }
-            _ => bail!("{name}: mixed or unsupported dtypes"),
-        };
+        let out = run3(self, self.name(), (s1, l1), (s2, l2), (s3, l3))?;
         Ok((out, Shape::from(2 * n)))
     }
 }
