@@ -224,3 +224,55 @@ fn grad_accumulation_equals_one_larger_batch() {
     eprintln!("accumulated vs big batch: relative L2 difference {rel:.2e}");
     assert!(rel < 1e-5, "relative difference {rel}");
 }
+
+#[test]
+fn f16_parameters_train_through_an_f32_master_copy_that_survives_save_load() {
+    // Adam's normalised update is ~lr per step; at 1.0 one f16 ulp is 2^-10 ~ 9.8e-4, so
+    // lr = 1e-4 moves an f16 weight only through the master copy (rounding would drop it).
+    let p = Var::from_tensor(
+        &Tensor::ones(1, DType::F32, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F16)
+            .unwrap(),
+    )
+    .unwrap();
+    let params: BTreeMap<String, Var> = [("w".to_string(), p.clone())].into_iter().collect();
+    let g = |_: usize| -> Gradients {
+        [(
+            "w".to_string(),
+            Tensor::new(&[0.5f32], &Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::F16)
+                .unwrap(),
+        )]
+        .into_iter()
+        .collect()
+    };
+    let c = AdamWConfig::default();
+    let mut opt = AdamW::new(c);
+    for i in 0..60 {
+        opt.step(&params, &g(i), 1e-4).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    opt.save(dir.path()).unwrap();
+    let mut resumed = AdamW::load(dir.path(), &Device::Cpu).unwrap();
+    for i in 60..120 {
+        resumed.step(&params, &g(i), 1e-4).unwrap();
+    }
+    // The independent reference: the same 120 updates in f64 from 1.0.
+    let want = reference(1.0, &[0.5; 120], &[1e-4; 120], &c, true);
+    let master = vec_of(resumed.master("w").unwrap())[0];
+    // f32 master: 120 roundings of ~1.2e-7 each, far below one f16 ulp (9.8e-4).
+    assert!((master - want).abs() < 1e-5, "master {master} vs {want}");
+    assert!(
+        want < 1.0 - 0.01,
+        "the test must move the weight by several f16 ulps"
+    );
+    // The parameter is the master's f16 rounding (within half an ulp, 2^-11 near 0.99).
+    let got = vec_of(p.as_tensor())[0];
+    assert!(
+        (got - master).abs() <= 2f64.powi(-11),
+        "param {got} vs master {master}"
+    );
+    assert_eq!(p.as_tensor().dtype(), DType::F16);
+}

@@ -3,6 +3,11 @@
 //! Update for step `t` (1-based), as PyTorch's `torch.optim.AdamW`:
 //! `m = b1 m + (1-b1) g`, `v = b2 v + (1-b2) g^2`, `p = p (1 - lr wd) - lr (m / (1-b1^t)) /
 //! (sqrt(v / (1-b2^t)) + eps)`. Biases and norm weights get no decay (as HF Trainer).
+//!
+//! Parameters stored in a 16-bit dtype (bf16/f16, for mixed-precision training) get an f32
+//! master copy: the update is applied to the master and the parameter is its rounding, so
+//! updates below the 16-bit resolution accumulate instead of being lost (as PyTorch AMP /
+//! DeepSpeed's fp32 master weights).
 
 use crate::model::{is_norm_or_bias, Gradients};
 use candle_core::{DType, Device, Tensor, Var};
@@ -63,13 +68,15 @@ struct Meta {
     step: u64,
 }
 
-/// AdamW state: step count and per-parameter f32 moments, keyed by HF parameter name.
+/// AdamW state: step count, per-parameter f32 moments and (for 16-bit parameters) f32 master
+/// weights, keyed by HF parameter name.
 #[derive(Debug, Clone)]
 pub struct AdamW {
     config: AdamWConfig,
     step: u64,
     exp_avg: BTreeMap<String, Tensor>,
     exp_avg_sq: BTreeMap<String, Tensor>,
+    master: BTreeMap<String, Tensor>,
 }
 
 impl AdamW {
@@ -80,7 +87,13 @@ impl AdamW {
             step: 0,
             exp_avg: BTreeMap::new(),
             exp_avg_sq: BTreeMap::new(),
+            master: BTreeMap::new(),
         }
+    }
+
+    /// The f32 master copy of a 16-bit parameter (after at least one step).
+    pub fn master(&self, name: &str) -> Option<&Tensor> {
+        self.master.get(name)
     }
 
     /// Hyper-parameters.
@@ -104,8 +117,9 @@ impl AdamW {
     }
 
     /// One update of every parameter in `params` with learning rate `lr`, in place.
-    /// Arithmetic is in f32 (f64 for f64 parameters); the result is cast back to the
-    /// parameter's dtype.
+    /// Arithmetic is in f32 (f64 for f64 parameters). A 16-bit parameter is updated through
+    /// its f32 master copy (created from the parameter on its first step) and set to the
+    /// master's rounding.
     ///
     /// # Errors
     /// [`OptimError::MissingGradient`] if a parameter has no gradient (nothing is updated
@@ -149,8 +163,16 @@ impl AdamW {
             } else {
                 c.weight_decay
             };
-            let new = (p.to_dtype(work)?.affine(1.0 - lr * wd, 0.0)? - upd)?;
+            let low_precision = matches!(p.dtype(), DType::BF16 | DType::F16);
+            let current = match self.master.get(name) {
+                Some(m) if low_precision => m.clone(),
+                _ => p.to_dtype(work)?,
+            };
+            let new = (current.affine(1.0 - lr * wd, 0.0)? - upd)?;
             var.set(&new.to_dtype(p.dtype())?)?;
+            if low_precision {
+                self.master.insert(name.clone(), new);
+            }
             self.exp_avg.insert(name.clone(), m.to_dtype(DType::F32)?);
             self.exp_avg_sq
                 .insert(name.clone(), v.to_dtype(DType::F32)?);
@@ -159,7 +181,8 @@ impl AdamW {
     }
 
     /// Writes `optimizer.json` (config, step) and `optimizer.safetensors` (moments as
-    /// `exp_avg.<name>` / `exp_avg_sq.<name>`, f32) into `dir`.
+    /// `exp_avg.<name>` / `exp_avg_sq.<name>`, master weights of 16-bit parameters as
+    /// `master.<name>`, f32) into `dir`.
     ///
     /// # Errors
     /// [`OptimError::Io`] on a write failure.
@@ -182,6 +205,9 @@ impl AdamW {
         }
         for (n, t) in &self.exp_avg_sq {
             map.insert(format!("exp_avg_sq.{n}"), t.clone());
+        }
+        for (n, t) in &self.master {
+            map.insert(format!("master.{n}"), t.clone());
         }
         let spath = dir.join("optimizer.safetensors");
         candle_core::safetensors::save(&map, &spath).map_err(|e| io(spath.clone(), &e))
@@ -210,6 +236,8 @@ impl AdamW {
                 opt.exp_avg_sq.insert(n.to_string(), t);
             } else if let Some(n) = k.strip_prefix("exp_avg.") {
                 opt.exp_avg.insert(n.to_string(), t);
+            } else if let Some(n) = k.strip_prefix("master.") {
+                opt.master.insert(n.to_string(), t);
             } else {
                 return Err(OptimError::State(format!("unknown tensor {k}")));
             }
