@@ -2,6 +2,8 @@
 //! of the positions seen so far, so a new token costs one position's forward, not a re-run
 //! over the whole sequence.
 
+use super::batch::TokenBatch;
+use super::error::ModelError;
 use super::fused::{attention, AttentionMask};
 use super::layers::{repeat_kv, softmax_last};
 use candle_core::{Result, Tensor};
@@ -50,6 +52,52 @@ impl KvCache {
 pub struct LayerCache {
     k: Option<Tensor>,
     v: Option<Tensor>,
+}
+
+/// RoPE positions of `batch`, row-major: its own `position_ids`, or `start..start + seq` on
+/// every row (`start` is the number of cached positions, 0 without a cache).
+pub(crate) fn positions(batch: &TokenBatch, start: usize) -> Vec<u32> {
+    if batch.position_ids.is_empty() {
+        let (start, end) = (start as u32, (start + batch.seq_len) as u32);
+        (0..batch.rows).flat_map(|_| start..end).collect()
+    } else {
+        batch.position_ids.clone()
+    }
+}
+
+/// Runs the decoder `layers` over `x` `(rows, seq, hidden)` with `block`: under the batch's
+/// causal/segment mask, or, with a `cache` (one row, no packing), after the cached positions,
+/// appending the new keys and values to it.
+///
+/// # Errors
+/// A malformed batch or a tensor failure.
+pub(crate) fn run_blocks<L>(
+    mut x: Tensor,
+    layers: &[L],
+    batch: &TokenBatch,
+    cache: Option<&mut KvCache>,
+    block: impl Fn(&Tensor, &L, Attend<'_>) -> Result<Tensor>,
+) -> std::result::Result<Tensor, ModelError> {
+    match cache {
+        None => {
+            let mask = AttentionMask::new(batch.rows, batch.seq_len, &batch.segment_ids)?;
+            for layer in layers {
+                x = block(&x, layer, Attend::Batch(&mask))?;
+            }
+        }
+        Some(cache) => {
+            if batch.rows != 1 || !batch.segment_ids.is_empty() {
+                return Err(ModelError::Batch(
+                    "a KV cache holds one unpacked sequence".into(),
+                ));
+            }
+            for (layer, lc) in layers.iter().zip(cache.layers(layers.len())) {
+                x = block(&x, layer, Attend::Cached(lc))?;
+            }
+            cache.advance(batch.seq_len);
+        }
+    }
+    Ok(x)
 }
 
 /// How a decoder block attends.

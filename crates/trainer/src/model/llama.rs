@@ -7,9 +7,9 @@
 use super::batch::TokenBatch;
 use super::config::LlamaConfig;
 use super::error::ModelError;
-use super::fused::{linear, merge_heads, rms_norm, split_heads, swiglu, AttentionMask, RopeTables};
+use super::fused::{linear, merge_heads, rms_norm, split_heads, swiglu, RopeTables};
 use super::init::SplitMix64;
-use super::kv_cache::{Attend, KvCache};
+use super::kv_cache::{positions, run_blocks, Attend, KvCache};
 use super::lm::CausalLm;
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::BTreeMap;
@@ -209,20 +209,23 @@ impl Llama {
         &self.cfg
     }
 
-    fn hidden_states(&self, batch: &TokenBatch, track: bool) -> Result<Tensor, ModelError> {
+    /// Final hidden states `(rows, seq, hidden)` of `batch`; with a `cache`, the batch (one
+    /// row) follows the cached positions and is appended to the cache.
+    fn hidden_states(
+        &self,
+        batch: &TokenBatch,
+        track: bool,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor, ModelError> {
         batch.validate(self.cfg.vocab_size)?;
         let (rows, seq, d) = (batch.rows, batch.seq_len, self.cfg.hidden_size);
         let ids = Tensor::from_slice(&batch.input_ids, rows * seq, &self.device)?;
-        let mut x = w(&self.embed, track)
+        let x = w(&self.embed, track)
             .index_select(&ids, 0)?
             .reshape((rows, seq, d))?;
-        let positions: Vec<u32> = if batch.position_ids.is_empty() {
-            (0..rows).flat_map(|_| 0..seq as u32).collect()
-        } else {
-            batch.position_ids.clone()
-        };
+        let start = cache.as_ref().map_or(0, |c| c.len());
         let tables = RopeTables::new(
-            &positions,
+            &positions(batch, start),
             rows,
             seq,
             self.cfg.head_dim(),
@@ -230,38 +233,10 @@ impl Llama {
             self.dtype,
             &self.device,
         )?;
-        let mask = AttentionMask::new(rows, seq, &batch.segment_ids)?;
-        for layer in &self.layers {
-            x = self.block(&x, layer, &tables, Attend::Batch(&mask), track)?;
-        }
+        let x = run_blocks(x, &self.layers, batch, cache, |x, l, attend| {
+            self.block(x, l, &tables, attend, track)
+        })?;
         Ok(rms_norm(&x, &w(&self.norm, track), self.cfg.rms_norm_eps)?)
-    }
-
-    /// Final hidden states `(1, ids.len(), hidden)` of `ids` appended after the cached
-    /// positions (no graph); the cache grows by `ids.len()`.
-    fn hidden_after_cache(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor, ModelError> {
-        let batch = TokenBatch::inputs(1, ids.len(), ids.to_vec());
-        batch.validate(self.cfg.vocab_size)?;
-        let (n, d, past) = (ids.len(), self.cfg.hidden_size, cache.len());
-        let t = Tensor::from_slice(ids, n, &self.device)?;
-        let mut x = w(&self.embed, false)
-            .index_select(&t, 0)?
-            .reshape((1, n, d))?;
-        let positions: Vec<u32> = (past..past + n).map(|p| p as u32).collect();
-        let tables = RopeTables::new(
-            &positions,
-            1,
-            n,
-            self.cfg.head_dim(),
-            self.cfg.rope_theta,
-            self.dtype,
-            &self.device,
-        )?;
-        for (layer, lc) in self.layers.iter().zip(cache.layers(self.layers.len())) {
-            x = self.block(&x, layer, &tables, Attend::Cached(lc), false)?;
-        }
-        cache.advance(n);
-        Ok(rms_norm(&x, &w(&self.norm, false), self.cfg.rms_norm_eps)?)
     }
 
     fn block(
@@ -297,7 +272,7 @@ impl Llama {
 
 impl CausalLm for Llama {
     fn hidden(&self, batch: &TokenBatch, track: bool) -> Result<Tensor, ModelError> {
-        self.hidden_states(batch, track)
+        self.hidden_states(batch, track, None)
     }
 
     fn hidden_cached(
@@ -305,7 +280,8 @@ impl CausalLm for Llama {
         ids: &[u32],
         cache: &mut KvCache,
     ) -> Result<Option<Tensor>, ModelError> {
-        self.hidden_after_cache(ids, cache).map(Some)
+        let batch = TokenBatch::inputs(1, ids.len(), ids.to_vec());
+        self.hidden_states(&batch, false, Some(cache)).map(Some)
     }
 
     fn head(&self, track: bool) -> (Tensor, Option<Tensor>) {

@@ -4,9 +4,9 @@
 
 use super::batch::TokenBatch;
 use super::error::ModelError;
-use super::fused::{linear, merge_heads, split_heads, AttentionMask, RopeTables};
+use super::fused::{linear, merge_heads, split_heads, RopeTables};
 use super::init::SplitMix64;
-use super::kv_cache::{Attend, KvCache};
+use super::kv_cache::{positions, run_blocks, Attend, KvCache};
 use super::layers::layer_norm;
 use super::lm::CausalLm;
 use candle_core::{DType, Device, Tensor, Var};
@@ -360,6 +360,41 @@ impl Phi {
         &self.cfg
     }
 
+    /// Final hidden states `(rows, seq, hidden)` of `batch`; with a `cache`, the batch (one
+    /// row) follows the cached positions and is appended to the cache.
+    fn hidden_states(
+        &self,
+        batch: &TokenBatch,
+        track: bool,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor, ModelError> {
+        batch.validate(self.cfg.vocab_size)?;
+        let (rows, seq, d) = (batch.rows, batch.seq_len, self.cfg.hidden_size);
+        let ids = Tensor::from_slice(&batch.input_ids, rows * seq, &self.device)?;
+        let x = w(&self.embed, track)
+            .index_select(&ids, 0)?
+            .reshape((rows, seq, d))?;
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        let tables = RopeTables::new(
+            &positions(batch, start),
+            rows,
+            seq,
+            self.cfg.rotary_dim(),
+            self.cfg.rope_theta,
+            self.dtype,
+            &self.device,
+        )?;
+        let x = run_blocks(x, &self.layers, batch, cache, |x, l, attend| {
+            self.block(x, l, &tables, attend, track)
+        })?;
+        Ok(layer_norm(
+            &x,
+            &w(&self.ln_w, track),
+            &w(&self.ln_b, track),
+            self.cfg.layer_norm_eps,
+        )?)
+    }
+
     fn block(
         &self,
         x: &Tensor,
@@ -398,36 +433,7 @@ impl Phi {
 
 impl CausalLm for Phi {
     fn hidden(&self, batch: &TokenBatch, track: bool) -> Result<Tensor, ModelError> {
-        batch.validate(self.cfg.vocab_size)?;
-        let (rows, seq, d) = (batch.rows, batch.seq_len, self.cfg.hidden_size);
-        let ids = Tensor::from_slice(&batch.input_ids, rows * seq, &self.device)?;
-        let mut x = w(&self.embed, track)
-            .index_select(&ids, 0)?
-            .reshape((rows, seq, d))?;
-        let positions: Vec<u32> = if batch.position_ids.is_empty() {
-            (0..rows).flat_map(|_| 0..seq as u32).collect()
-        } else {
-            batch.position_ids.clone()
-        };
-        let tables = RopeTables::new(
-            &positions,
-            rows,
-            seq,
-            self.cfg.rotary_dim(),
-            self.cfg.rope_theta,
-            self.dtype,
-            &self.device,
-        )?;
-        let mask = AttentionMask::new(rows, seq, &batch.segment_ids)?;
-        for layer in &self.layers {
-            x = self.block(&x, layer, &tables, Attend::Batch(&mask), track)?;
-        }
-        Ok(layer_norm(
-            &x,
-            &w(&self.ln_w, track),
-            &w(&self.ln_b, track),
-            self.cfg.layer_norm_eps,
-        )?)
+        self.hidden_states(batch, track, None)
     }
 
     fn hidden_cached(
@@ -436,32 +442,7 @@ impl CausalLm for Phi {
         cache: &mut KvCache,
     ) -> Result<Option<Tensor>, ModelError> {
         let batch = TokenBatch::inputs(1, ids.len(), ids.to_vec());
-        batch.validate(self.cfg.vocab_size)?;
-        let (n, d, past) = (ids.len(), self.cfg.hidden_size, cache.len());
-        let t = Tensor::from_slice(ids, n, &self.device)?;
-        let mut x = w(&self.embed, false)
-            .index_select(&t, 0)?
-            .reshape((1, n, d))?;
-        let positions: Vec<u32> = (past..past + n).map(|p| p as u32).collect();
-        let tables = RopeTables::new(
-            &positions,
-            1,
-            n,
-            self.cfg.rotary_dim(),
-            self.cfg.rope_theta,
-            self.dtype,
-            &self.device,
-        )?;
-        for (layer, lc) in self.layers.iter().zip(cache.layers(self.layers.len())) {
-            x = self.block(&x, layer, &tables, Attend::Cached(lc), false)?;
-        }
-        cache.advance(n);
-        Ok(Some(layer_norm(
-            &x,
-            &w(&self.ln_w, false),
-            &w(&self.ln_b, false),
-            self.cfg.layer_norm_eps,
-        )?))
+        self.hidden_states(&batch, false, Some(cache)).map(Some)
     }
 
     fn head(&self, track: bool) -> (Tensor, Option<Tensor>) {

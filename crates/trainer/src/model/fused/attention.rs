@@ -1,9 +1,11 @@
 //! Causal scaled dot-product attention `softmax(scale * Q K^T + mask) V` as one graph node.
 
 use super::fused_ok;
-use super::softmax::{causal_softmax, softmax_grad_row, AttentionMask};
-use super::storage::{for_rows, slice, Float};
-use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor};
+use super::softmax::{softmax_grad_row, AttentionMask};
+use super::storage::{for_rows, typed, typed_tensor, Float};
+use crate::model::layers::softmax_last;
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
 
 /// `softmax(scale * q k^T + mask) v` per batch row and head: `q`, `k`, `v` are
@@ -12,9 +14,9 @@ use std::sync::Mutex;
 ///
 /// On the CPU one node does every head with single-threaded GEMMs, heads spread over the
 /// thread pool (64 small products of 256 x 32 x 256 parallelise badly one by one), and keeps
-/// the probabilities for the backward; the composed form (two batched matmuls around
-/// [`causal_softmax`]) materialises and zero-fills `(rows, heads, seq, seq)` gradients
-/// several times.
+/// the probabilities for the backward; the composed form (two batched matmuls around a masked
+/// softmax, the path off the CPU) materialises and zero-fills `(rows, heads, seq, seq)`
+/// gradients several times.
 ///
 /// # Errors
 /// Shapes that disagree with each other or with the mask, or a tensor failure.
@@ -53,7 +55,9 @@ pub fn attention(
             .contiguous()?
             .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
     }
-    causal_softmax(&q.matmul(&k.t()?)?, scale, mask)?.matmul(v)
+    let m = mask.additive(q.dtype(), q.device())?;
+    let scores = q.matmul(&k.t()?)?.affine(scale, 0.0)?.broadcast_add(&m)?;
+    softmax_last(&scores)?.matmul(v)
 }
 
 struct Attention {
@@ -172,7 +176,7 @@ impl Attention {
             let x = bh * t * hd..(bh + 1) * t * hd;
             let (qh, kh, vh, doh) = (&q[x.clone()], &k[x.clone()], &v[x.clone()], &d_o[x]);
             let ph = &p[bh * t * t..(bh + 1) * t * t];
-            // dP = dO V^T, then dS in place of a fresh buffer.
+            // dP = dO V^T, then dS (zero above the diagonal) into a second buffer.
             let mut dp = vec![T::zero(); t * t];
             matmul(t, t, hd, &mut dp, doh, (hd, 1), vh, (1, hd));
             let mut ds = vec![T::zero(); t * t];
@@ -196,6 +200,57 @@ impl Attention {
     }
 }
 
+impl Attention {
+    /// [`Attention::forward`] on storages of dtype `T`; keeps the probabilities.
+    fn cpu_fwd_typed<T: Float>(
+        &self,
+        (q, lq): (&CpuStorage, &Layout),
+        (k, lk): (&CpuStorage, &Layout),
+        (v, lv): (&CpuStorage, &Layout),
+    ) -> Result<CpuStorage> {
+        let name = self.name();
+        let (_, heads, _, hd) = lq.shape().dims4()?;
+        let (q, k, v) = (
+            typed::<T>(q, lq, name)?,
+            typed::<T>(k, lk, name)?,
+            typed::<T>(v, lv, name)?,
+        );
+        let (o, probs) = self.forward(q, k, v, heads, hd);
+        if let Ok(mut slot) = self.probs.lock() {
+            *slot = Some(T::to_cpu_storage_owned(probs));
+        }
+        Ok(T::to_cpu_storage_owned(o))
+    }
+
+    /// `[dq ; dk ; dv]` as one flat tensor, from the saved probabilities (or recomputed ones).
+    fn bwd_typed<T: Float>(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        g: &Tensor,
+        saved: Option<CpuStorage>,
+    ) -> Result<Tensor> {
+        let name = self.name();
+        let (_, heads, _, hd) = q.dims4()?;
+        let (sq, lq) = q.storage_and_layout();
+        let (sk, lk) = k.storage_and_layout();
+        let (sv, lv) = v.storage_and_layout();
+        let (sg, lg) = g.storage_and_layout();
+        let (q, k, v) = (
+            typed_tensor::<T>(&sq, lq, name)?,
+            typed_tensor::<T>(&sk, lk, name)?,
+            typed_tensor::<T>(&sv, lv, name)?,
+        );
+        let p = match saved {
+            Some(p) => T::cpu_storage_data(p)?,
+            None => self.forward(q, k, v, heads, hd).1,
+        };
+        let out = self.backward(q, k, v, &p, typed_tensor::<T>(&sg, lg, name)?, hd);
+        Tensor::from_vec(out, 3 * q.len(), &Device::Cpu)
+    }
+}
+
 impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
         "attention"
@@ -210,34 +265,12 @@ impl CustomOp3 for Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
-        let (_, heads, _, hd) = l1.shape().dims4()?;
-        let (o, probs) = match (s1, s2, s3) {
-            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                let (o, p) = self.forward(
-                    slice(q, l1, name)?,
-                    slice(k, l2, name)?,
-                    slice(v, l3, name)?,
-                    heads,
-                    hd,
-                );
-                (CpuStorage::F32(o), CpuStorage::F32(p))
-            }
-            (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => {
-                let (o, p) = self.forward(
-                    slice(q, l1, name)?,
-                    slice(k, l2, name)?,
-                    slice(v, l3, name)?,
-                    heads,
-                    hd,
-                );
-                (CpuStorage::F64(o), CpuStorage::F64(p))
-            }
-            _ => bail!("{name}: mixed or unsupported dtypes"),
+        let args = ((s1, l1), (s2, l2), (s3, l3));
+        let o = match s1.dtype() {
+            DType::F32 => self.cpu_fwd_typed::<f32>(args.0, args.1, args.2)?,
+            DType::F64 => self.cpu_fwd_typed::<f64>(args.0, args.1, args.2)?,
+            other => bail!("{}: unsupported dtype {other:?}", self.name()),
         };
-        if let Ok(mut slot) = self.probs.lock() {
-            *slot = Some(probs);
-        }
         Ok((o, l1.shape().clone()))
     }
 
@@ -251,53 +284,13 @@ impl CustomOp3 for Attention {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // The first backward takes the forward's probabilities; a later one recomputes them.
         let saved = self.probs.lock().ok().and_then(|mut slot| slot.take());
-        let n = q.elem_count();
-        let (_, heads, _, hd) = q.dims4()?;
         let g = grad_res.contiguous()?;
-        let (sq, lq) = q.storage_and_layout();
-        let (sk, lk) = k.storage_and_layout();
-        let (sv, lv) = v.storage_and_layout();
-        let (sg, lg) = g.storage_and_layout();
-        let name = self.name();
-        let all = match (&*sq, &*sk, &*sv, &*sg) {
-            (
-                Storage::Cpu(CpuStorage::F32(q)),
-                Storage::Cpu(CpuStorage::F32(k)),
-                Storage::Cpu(CpuStorage::F32(v)),
-                Storage::Cpu(CpuStorage::F32(g)),
-            ) => {
-                let (q, k, v) = (
-                    slice(q, lq, name)?,
-                    slice(k, lk, name)?,
-                    slice(v, lv, name)?,
-                );
-                let p = match saved {
-                    Some(CpuStorage::F32(p)) => p,
-                    _ => self.forward(q, k, v, heads, hd).1,
-                };
-                let out = self.backward(q, k, v, &p, slice(g, lg, name)?, hd);
-                Tensor::from_vec(out, 3 * n, &Device::Cpu)?
-            }
-            (
-                Storage::Cpu(CpuStorage::F64(q)),
-                Storage::Cpu(CpuStorage::F64(k)),
-                Storage::Cpu(CpuStorage::F64(v)),
-                Storage::Cpu(CpuStorage::F64(g)),
-            ) => {
-                let (q, k, v) = (
-                    slice(q, lq, name)?,
-                    slice(k, lk, name)?,
-                    slice(v, lv, name)?,
-                );
-                let p = match saved {
-                    Some(CpuStorage::F64(p)) => p,
-                    _ => self.forward(q, k, v, heads, hd).1,
-                };
-                let out = self.backward(q, k, v, &p, slice(g, lg, name)?, hd);
-                Tensor::from_vec(out, 3 * n, &Device::Cpu)?
-            }
-            _ => bail!("{name}: mixed or unsupported dtypes in the backward"),
+        let all = match q.dtype() {
+            DType::F32 => self.bwd_typed::<f32>(q, k, v, &g, saved)?,
+            DType::F64 => self.bwd_typed::<f64>(q, k, v, &g, saved)?,
+            other => bail!("{}: unsupported dtype {other:?}", self.name()),
         };
+        let n = q.elem_count();
         let part = |i: usize| all.narrow(0, i * n, n)?.reshape(q.shape());
         Ok((Some(part(0)?), Some(part(1)?), Some(part(2)?)))
     }

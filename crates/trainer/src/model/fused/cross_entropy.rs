@@ -58,7 +58,7 @@ pub(super) fn grad_rows<T: Float>(x: &mut [T], lse: &[T], g: &[T], labels: &[u32
             *v = g[r] * (*v - lse[r]).exp_fast();
         }
         let l = labels[r] as usize;
-        row[l] = row[l] - g[r];
+        row[l] -= g[r];
     });
 }
 

@@ -3,8 +3,9 @@
 use super::cross_entropy::{cross_entropy, grad_rows, nll_rows};
 use super::fused_ok;
 use super::linear::gemm_xwt;
-use super::storage::{slice, Float};
-use candle_core::{bail, CpuStorage, CustomOp2, Device, Layout, Result, Shape, Storage, Tensor};
+use super::storage::{typed, typed_tensor, Float};
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
 /// Negative log-likelihood (nats) of `labels` under `softmax(h w^T + b)`: `h` is `(n, d)`,
@@ -72,25 +73,58 @@ impl HeadCrossEntropy {
         (nll, lse, logits)
     }
 
+    /// [`HeadCrossEntropy::forward`] on storages of dtype `T`; keeps logits and log-sum-exps.
+    fn cpu_fwd_typed<T: Float>(
+        &self,
+        (h, lh): (&CpuStorage, &Layout),
+        (w, lw): (&CpuStorage, &Layout),
+    ) -> Result<CpuStorage> {
+        let name = self.name();
+        let (_, d) = lh.shape().dims2()?;
+        let (vocab, _) = lw.shape().dims2()?;
+        let (h, w) = (typed::<T>(h, lh, name)?, typed::<T>(w, lw, name)?);
+        let (nll, lse, logits) = self.forward(h, w, d, vocab);
+        if let Ok(mut slot) = self.logits.lock() {
+            *slot = Some((
+                T::to_cpu_storage_owned(logits),
+                T::to_cpu_storage_owned(lse),
+            ));
+        }
+        Ok(T::to_cpu_storage_owned(nll))
+    }
+
     /// The logits' gradient `(n, vocab)` from the loss's, consuming the saved logits (or
     /// recomputing them from `h` and `w`).
-    fn backward<T: Float + candle_core::WithDType>(
+    fn grad_logits<T: Float>(
         &self,
-        h: &[T],
-        w: &[T],
-        saved: Option<(Vec<T>, Vec<T>)>,
-        g: &[T],
-        d: usize,
+        h: &Tensor,
+        w: &Tensor,
+        g: &Tensor,
+        saved: Option<(CpuStorage, CpuStorage)>,
     ) -> Result<Tensor> {
-        let (n, vocab) = (self.labels.len(), w.len() / d);
+        let name = self.name();
+        let (n, d) = h.dims2()?;
+        let vocab = w.dim(0)?;
         let (mut logits, lse) = match saved {
-            Some(s) => s,
+            Some((logits, lse)) => (T::cpu_storage_data(logits)?, T::cpu_storage_data(lse)?),
             None => {
+                let (sh, lh) = h.storage_and_layout();
+                let (sw, lw) = w.storage_and_layout();
+                let (h, w) = (
+                    typed_tensor::<T>(&sh, lh, name)?,
+                    typed_tensor::<T>(&sw, lw, name)?,
+                );
                 let (_, lse, logits) = self.forward(h, w, d, vocab);
                 (logits, lse)
             }
         };
-        grad_rows(&mut logits, &lse, g, &self.labels);
+        let (sg, lg) = g.storage_and_layout();
+        grad_rows(
+            &mut logits,
+            &lse,
+            typed_tensor::<T>(&sg, lg, name)?,
+            &self.labels,
+        );
         Tensor::from_vec(logits, (n, vocab), &Device::Cpu)
     }
 }
@@ -107,28 +141,12 @@ impl CustomOp2 for HeadCrossEntropy {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
-        let (n, d) = l1.shape().dims2()?;
-        let (vocab, _) = l2.shape().dims2()?;
-        let (nll, saved) = match (s1, s2) {
-            (CpuStorage::F32(h), CpuStorage::F32(w)) => {
-                let (h, w) = (slice(h, l1, name)?, slice(w, l2, name)?);
-                let (nll, lse, logits) = self.forward(h, w, d, vocab);
-                let saved = (CpuStorage::F32(logits), CpuStorage::F32(lse));
-                (CpuStorage::F32(nll), saved)
-            }
-            (CpuStorage::F64(h), CpuStorage::F64(w)) => {
-                let (h, w) = (slice(h, l1, name)?, slice(w, l2, name)?);
-                let (nll, lse, logits) = self.forward(h, w, d, vocab);
-                let saved = (CpuStorage::F64(logits), CpuStorage::F64(lse));
-                (CpuStorage::F64(nll), saved)
-            }
-            _ => bail!("{name}: mixed or unsupported dtypes"),
+        let nll = match s1.dtype() {
+            DType::F32 => self.cpu_fwd_typed::<f32>((s1, l1), (s2, l2))?,
+            DType::F64 => self.cpu_fwd_typed::<f64>((s1, l1), (s2, l2))?,
+            other => bail!("{}: unsupported dtype {other:?}", self.name()),
         };
-        if let Ok(mut slot) = self.logits.lock() {
-            *slot = Some(saved);
-        }
-        Ok((nll, Shape::from(n)))
+        Ok((nll, Shape::from(self.labels.len())))
     }
 
     fn bwd(
@@ -139,50 +157,12 @@ impl CustomOp2 for HeadCrossEntropy {
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let saved = self.logits.lock().ok().and_then(|mut s| s.take());
-        let name = self.name();
-        let d = h.dim(1)?;
         let g = grad_res.contiguous()?;
-        let (sh, lh) = h.storage_and_layout();
-        let (sw, lw) = w.storage_and_layout();
-        let (sg, lg) = g.storage_and_layout();
-        let dlogits = match (&*sh, &*sw, &*sg, saved) {
-            (
-                Storage::Cpu(CpuStorage::F32(h)),
-                Storage::Cpu(CpuStorage::F32(w)),
-                Storage::Cpu(CpuStorage::F32(g)),
-                saved,
-            ) => {
-                let saved = match saved {
-                    Some((CpuStorage::F32(l), CpuStorage::F32(s))) => Some((l, s)),
-                    _ => None,
-                };
-                let (h, w, g) = (
-                    slice(h, lh, name)?,
-                    slice(w, lw, name)?,
-                    slice(g, lg, name)?,
-                );
-                self.backward(h, w, saved, g, d)?
-            }
-            (
-                Storage::Cpu(CpuStorage::F64(h)),
-                Storage::Cpu(CpuStorage::F64(w)),
-                Storage::Cpu(CpuStorage::F64(g)),
-                saved,
-            ) => {
-                let saved = match saved {
-                    Some((CpuStorage::F64(l), CpuStorage::F64(s))) => Some((l, s)),
-                    _ => None,
-                };
-                let (h, w, g) = (
-                    slice(h, lh, name)?,
-                    slice(w, lw, name)?,
-                    slice(g, lg, name)?,
-                );
-                self.backward(h, w, saved, g, d)?
-            }
-            _ => bail!("{name}: mixed or unsupported dtypes in the backward"),
+        let dlogits = match h.dtype() {
+            DType::F32 => self.grad_logits::<f32>(h, w, &g, saved)?,
+            DType::F64 => self.grad_logits::<f64>(h, w, &g, saved)?,
+            other => bail!("{}: unsupported dtype {other:?}", self.name()),
         };
-        drop((sh, sw, sg));
         Ok((Some(dlogits.matmul(w)?), Some(dlogits.t()?.matmul(h)?)))
     }
 }

@@ -74,14 +74,14 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Moves head vectors between the `(b, s, h, hd)` and `(b, h, s, hd)` layouts, rotating each
-/// head vector (after the move) when `rope` is set.
+/// head vector by its position's angle (or minus it, `inverse`) when `rope` is set.
 #[derive(Clone)]
 struct Heads {
     /// `(b, h, s, hd)` to `(b, s, h * hd)`; otherwise the reverse.
     merge: bool,
     heads: usize,
     rope: Option<RopeTables>,
-    /// Rotate by `-angle`.
+    /// Rotate by `-angle` (the backward of a rotating split).
     inverse: bool,
 }
 
@@ -136,52 +136,15 @@ impl CustomOp1 for Heads {
         Ok((out, out_shape))
     }
 
-    /// The inverse move, with the inverse rotation applied before it (a split rotates after
-    /// moving, so its backward un-rotates, then moves back).
+    /// The inverse move with the inverse rotation: a rotation acts within one head vector,
+    /// so it commutes with moving the vector, and one pass does both.
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let g = match &self.rope {
-            // Un-rotate in the split layout (the gradient's), then merge.
-            Some(_) => grad_res
-                .contiguous()?
-                .apply_op1_no_bwd(&Unrotate(self.clone()))?,
-            None => grad_res.contiguous()?,
-        };
         let back = Heads {
             merge: !self.merge,
             heads: self.heads,
-            rope: None,
-            inverse: false,
+            rope: self.rope.clone(),
+            inverse: !self.inverse,
         };
-        Ok(Some(g.apply_op1_no_bwd(&back)?))
-    }
-}
-
-/// The inverse rotation of a split's output-layout `(b, h, s, hd)` gradient, in place.
-struct Unrotate(Heads);
-
-impl Unrotate {
-    fn apply<T: Float>(&self, x: &[T], h: usize, s: usize, hd: usize) -> Vec<T> {
-        let mut out = x.to_vec();
-        if let Some(t) = &self.0.rope {
-            for_rows(&mut out, hd, |r, y| {
-                t.rotate(y, r / (h * s), r % s, !self.0.inverse);
-            });
-        }
-        out
-    }
-}
-
-impl CustomOp1 for Unrotate {
-    fn name(&self) -> &'static str {
-        "unrotate"
-    }
-
-    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (_, h, s, hd) = l.shape().dims4()?;
-        let out = match host(st, l, self.name())? {
-            Host::F32(x) => CpuStorage::F32(self.apply(x, h, s, hd)),
-            Host::F64(x) => CpuStorage::F64(self.apply(x, h, s, hd)),
-        };
-        Ok((out, l.shape().clone()))
+        Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(&back)?))
     }
 }

@@ -1,6 +1,6 @@
 //! Fused CPU kernels with a hand-written backward for the memory-bound parts of a training
-//! step: attention softmax (scale + causal/segment mask + softmax), RMSNorm, RoPE and the
-//! cross-entropy of the LM head, and the linear layer as one graph node.
+//! step: attention (scores, causal/segment mask, softmax, values), RMSNorm, head split/merge
+//! with RoPE, SwiGLU, the linear layer, and the cross-entropy of the LM head.
 //!
 //! candle's own fused kernels have no backward, and the composed forms in
 //! [`super::layers`] write a fresh full-size tensor per elementary op (a causal softmax over
@@ -31,7 +31,7 @@ pub use heads::{merge_heads, split_heads};
 pub use linear::linear;
 pub use rms_norm::rms_norm;
 pub use rope::RopeTables;
-pub use softmax::{causal_softmax, AttentionMask};
+pub use softmax::AttentionMask;
 pub use storage::exp_f32;
 pub use swiglu::swiglu;
 

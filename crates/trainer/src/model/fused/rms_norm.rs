@@ -75,12 +75,12 @@ impl RmsNorm {
             for r in blk * per..((blk + 1) * per).min(rows) {
                 let (row, g) = (&x[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d]);
                 for ((a, &v), &g) in acc.iter_mut().zip(row).zip(g) {
-                    *a = *a + g * v * inv[r];
+                    *a += g * v * inv[r];
                 }
             }
         });
         for acc in partial.chunks(d) {
-            dw.iter_mut().zip(acc).for_each(|(a, &b)| *a = *a + b);
+            dw.iter_mut().zip(acc).for_each(|(a, &b)| *a += b);
         }
         out
     }

@@ -68,9 +68,7 @@ impl RopeTables {
             tensors: OnceLock::new(),
         })
     }
-}
 
-impl RopeTables {
     /// Rotated features per head.
     pub fn rot(&self) -> usize {
         self.rot

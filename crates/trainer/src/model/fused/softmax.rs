@@ -1,10 +1,9 @@
-//! Attention probabilities `softmax(scale * scores + mask)` under a causal (and packed-segment)
-//! mask, and their gradient.
+//! The attention mask (causal, within packed segments) and the softmax of one row of
+//! attention scores under it, with its gradient: the row kernels of [`super::attention`].
 
-use super::fused_ok;
-use super::storage::{for_rows, host, max, run2, Float, Host, Kernel2};
-use crate::model::layers::{attention_mask, softmax_last};
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Device, Layout, Result, Shape, Tensor};
+use super::storage::{max, Float};
+use crate::model::layers::attention_mask;
+use candle_core::{bail, Device, Result, Tensor};
 use std::sync::Arc;
 
 /// Which keys each query may attend: key `j <= i` of the same packed segment.
@@ -67,69 +66,6 @@ impl AttentionMask {
     }
 }
 
-/// `softmax(scale * scores + mask)` over the last dim: `scores` is `(rows, heads, seq, seq)`
-/// (query, key), masked entries get probability 0; `scale > 0`. Differentiable in `scores`.
-///
-/// # Errors
-/// `scores` not matching the mask's `(rows, seq)`, or a tensor failure.
-pub fn causal_softmax(scores: &Tensor, scale: f64, mask: &AttentionMask) -> Result<Tensor> {
-    let (b, _, q, k) = scores.dims4()?;
-    if b != mask.rows || q != mask.seq || k != mask.seq {
-        bail!(
-            "causal_softmax: scores {:?} for a {} x {} mask",
-            scores.dims(),
-            mask.rows,
-            mask.seq
-        );
-    }
-    if scale.is_nan() || scale <= 0.0 {
-        bail!("causal_softmax: scale {scale} must be positive");
-    }
-    if fused_ok(scores) {
-        let op = CausalSoftmax {
-            scale,
-            mask: mask.clone(),
-        };
-        return scores.contiguous()?.apply_op1(op);
-    }
-    let m = mask.additive(scores.dtype(), scores.device())?;
-    softmax_last(&scores.affine(scale, 0.0)?.broadcast_add(&m)?)
-}
-
-struct CausalSoftmax {
-    scale: f64,
-    mask: AttentionMask,
-}
-
-impl CausalSoftmax {
-    /// Batch row and query index of flat row `r` of a `(rows, heads, seq, seq)` tensor.
-    fn row_query(&self, r: usize, heads: usize) -> (usize, usize) {
-        let t = self.mask.seq;
-        (r / (heads * t), r % t)
-    }
-
-    fn forward<T: Float>(&self, x: &[T], heads: usize) -> Vec<T> {
-        let t = self.mask.seq;
-        let mut out = vec![T::zero(); x.len()];
-        for_rows(&mut out, t, |r, p| {
-            let (b, i) = self.row_query(r, heads);
-            self.mask
-                .softmax_row(self.scale, &x[r * t..(r + 1) * t], p, b, i);
-        });
-        out
-    }
-
-    fn backward<T: Float>(&self, p: &[T], dp: &[T]) -> Vec<T> {
-        let t = self.mask.seq;
-        let mut out = vec![T::zero(); p.len()];
-        for_rows(&mut out, t, |r, ds| {
-            let rows = r * t..(r + 1) * t;
-            softmax_grad_row(self.scale, &p[rows.clone()], &dp[rows], ds, r % t);
-        });
-        out
-    }
-}
-
 impl AttentionMask {
     /// Row `i` (query) of batch row `b`: `p[j] = softmax_j(scale * s[j])` over the keys `j`
     /// the mask allows; `p` is left untouched (the caller's zeros) elsewhere. `scale > 0`.
@@ -150,24 +86,24 @@ impl AttentionMask {
                 *p = (v * scale - m).exp_fast();
             }
             let inv = p.iter().fold(T::zero(), |a, &e| a + e).recip();
-            p.iter_mut().for_each(|v| *v = *v * inv);
+            p.iter_mut().for_each(|v| *v *= inv);
             return;
         }
         let ok = |j: usize| self.same_segment(b, i, j);
         let m = (0..=i)
             .filter(|&j| ok(j))
             .map(|j| s[j] * scale)
-            .fold(T::neg_infinity(), T::max);
+            .fold(T::neg_infinity(), num_traits::Float::max);
         let mut sum = T::zero();
         for j in 0..=i {
             if ok(j) {
                 let e = (s[j] * scale - m).exp_fast();
                 p[j] = e;
-                sum = sum + e;
+                sum += e;
             }
         }
         let inv = sum.recip();
-        p[..=i].iter_mut().for_each(|v| *v = *v * inv);
+        p[..=i].iter_mut().for_each(|v| *v *= inv);
     }
 }
 
@@ -182,58 +118,5 @@ pub(super) fn softmax_grad_row<T: Float>(scale: f64, p: &[T], dp: &[T], ds: &mut
         .fold(T::zero(), |a, (&x, &y)| a + x * y);
     for j in 0..=i {
         ds[j] = scale * p[j] * (dp[j] - dot);
-    }
-}
-
-impl CustomOp1 for CausalSoftmax {
-    fn name(&self) -> &'static str {
-        "causal-softmax"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (_, heads, _, _) = l.shape().dims4()?;
-        let out = match host(s, l, self.name())? {
-            Host::F32(x) => CpuStorage::F32(self.forward(x, heads)),
-            Host::F64(x) => CpuStorage::F64(self.forward(x, heads)),
-        };
-        Ok((out, l.shape().clone()))
-    }
-
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let op = CausalSoftmaxGrad {
-            inner: CausalSoftmax {
-                scale: self.scale,
-                mask: self.mask.clone(),
-            },
-        };
-        Ok(Some(res.apply_op2_no_bwd(&grad_res.contiguous()?, &op)?))
-    }
-}
-
-/// `(P, dP)` to the scores' gradient.
-struct CausalSoftmaxGrad {
-    inner: CausalSoftmax,
-}
-
-impl Kernel2 for CausalSoftmaxGrad {
-    fn apply<T: Float>(&self, p: &[T], dp: &[T]) -> Vec<T> {
-        self.inner.backward(p, dp)
-    }
-}
-
-impl CustomOp2 for CausalSoftmaxGrad {
-    fn name(&self) -> &'static str {
-        "causal-softmax-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let out = run2(self, self.name(), (s1, l1), (s2, l2))?;
-        Ok((out, l1.shape().clone()))
     }
 }

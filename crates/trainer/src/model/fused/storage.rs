@@ -11,6 +11,25 @@ pub(super) fn slice<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&
     }
 }
 
+/// The `T` data of a CPU storage with its layout applied (error naming `op` for another dtype
+/// or a non-contiguous layout).
+pub(super) fn typed<'a, T: Float>(s: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [T]> {
+    slice(T::cpu_storage_as_slice(s)?, layout, op)
+}
+
+/// The `T` data of a tensor's storage guard (from `Tensor::storage_and_layout`), which must be
+/// on the CPU.
+pub(super) fn typed_tensor<'a, T: Float>(
+    s: &'a candle_core::Storage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a [T]> {
+    match s {
+        candle_core::Storage::Cpu(c) => typed(c, layout, op),
+        _ => bail!("{op}: tensor is not on the CPU"),
+    }
+}
+
 /// The f32 or f64 data of a storage with its layout applied.
 pub(super) enum Host<'a> {
     F32(&'a [f32]),
@@ -77,7 +96,7 @@ pub(super) fn run3<K: Kernel3>(
 
 /// The float types the kernels are written for (f32 and f64).
 pub(super) trait Float:
-    num_traits::Float + std::iter::Sum + Send + Sync + Copy + 'static
+    num_traits::Float + candle_core::WithDType + std::iter::Sum + Send + Sync + Copy + 'static
 {
     /// Converts from f64 (tables, scales).
     fn of(x: f64) -> Self;
@@ -140,12 +159,12 @@ pub(super) fn sum_exp<T: Float>(xs: &[T], shift: T) -> T {
     let rest = chunks.remainder();
     for c in chunks {
         for k in 0..8 {
-            acc[k] = acc[k] + (c[k] - shift).exp_fast();
+            acc[k] += (c[k] - shift).exp_fast();
         }
     }
     let mut s = acc.iter().fold(T::zero(), |a, &b| a + b);
     for &v in rest {
-        s = s + (v - shift).exp_fast();
+        s += (v - shift).exp_fast();
     }
     s
 }
@@ -158,19 +177,21 @@ pub(super) fn dot<T: Float>(xs: &[T], ys: &[T]) -> T {
     let (rx, ry) = (cx.remainder(), cy.remainder());
     for (a, b) in cx.zip(cy) {
         for k in 0..8 {
-            acc[k] = acc[k] + a[k] * b[k];
+            acc[k] += a[k] * b[k];
         }
     }
     let mut s = acc.iter().fold(T::zero(), |a, &b| a + b);
     for (&a, &b) in rx.iter().zip(ry) {
-        s = s + a * b;
+        s += a * b;
     }
     s
 }
 
 /// The largest element (`-inf` for an empty slice).
 pub(super) fn max<T: Float>(xs: &[T]) -> T {
-    xs.iter().copied().fold(T::neg_infinity(), T::max)
+    xs.iter()
+        .copied()
+        .fold(T::neg_infinity(), num_traits::Float::max)
 }
 
 /// A raw pointer that may cross threads; see [`for_rows`] for why the use is sound.
