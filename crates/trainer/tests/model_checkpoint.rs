@@ -21,7 +21,7 @@ fn tiny(tied: bool) -> Llama {
     Llama::new_random(cfg, 8, 0.1, DType::F32, &Device::Cpu).unwrap()
 }
 
-fn assert_same_params(a: &dyn CausalLm, b: &dyn CausalLm, tol: f32) {
+fn assert_same_params(a: &dyn CausalLm, b: &dyn CausalLm, tol: f64) {
     assert_eq!(
         a.params().keys().collect::<Vec<_>>(),
         b.params().keys().collect::<Vec<_>>()
@@ -281,7 +281,7 @@ fn gguf_f32_round_trip_is_exact_and_quantized_types_load() {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            let d = max_abs_diff(v.as_tensor(), back.params()[n].as_tensor()) / scale;
+            let d = max_abs_diff(v.as_tensor(), back.params()[n].as_tensor()) / f64::from(scale);
             assert!(d < werr, "{ty:?} {n}: relative error {d}");
         }
         let got = back

@@ -4,7 +4,9 @@
 //! partial rotary and grouped heads. The whole models are also gradient-checked against finite
 //! differences in `model_gradcheck.rs`, and their logits against candle-transformers.
 
+mod common;
 use candle_core::{DType, Device, Tensor, Var};
+use common::max_abs_diff;
 use trainer::model::fused::{
     attention, cross_entropy, exp_f32, head_cross_entropy, linear, merge_heads, rms_norm,
     split_heads, swiglu, AttentionMask, RopeTables,
@@ -18,22 +20,6 @@ fn rand(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu)
         .unwrap()
         .to_dtype(dtype)
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar::<f64>()
         .unwrap()
 }
 

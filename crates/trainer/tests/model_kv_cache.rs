@@ -3,7 +3,9 @@
 //! over the whole sequence, and greedy generation picks the same tokens as an argmax loop over
 //! full forwards. Llama with GQA, Qwen2 biases, Phi with partial rotary and GQA; f64.
 
+mod common;
 use candle_core::{DType, Device, Tensor, D};
+use common::max_abs_diff;
 use trainer::model::{CausalLm, KvCache, Llama, LlamaConfig, Phi, PhiConfig, Sampling, TokenBatch};
 
 fn models() -> Vec<(&'static str, Box<dyn CausalLm>)> {
@@ -24,19 +26,6 @@ fn models() -> Vec<(&'static str, Box<dyn CausalLm>)> {
 
 fn full_hidden(m: &dyn CausalLm, ids: &[u32]) -> Tensor {
     m.hidden(&TokenBatch::inputs(1, ids.len(), ids.to_vec()), false)
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
         .unwrap()
 }
 

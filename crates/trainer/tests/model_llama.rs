@@ -22,7 +22,7 @@ fn var_builder(model: &Llama) -> VarBuilder<'static> {
     VarBuilder::from_tensors(map, DType::F32, &Device::Cpu)
 }
 
-fn check_against_candle_llama(cfg: LlamaConfig, seed: u64) -> f32 {
+fn check_against_candle_llama(cfg: LlamaConfig, seed: u64) -> f64 {
     let dev = Device::Cpu;
     let model = Llama::new_random(cfg.clone(), seed, 0.1, DType::F32, &dev).unwrap();
     let ref_cfg = ref_llama::Config {
@@ -48,7 +48,7 @@ fn check_against_candle_llama(cfg: LlamaConfig, seed: u64) -> f32 {
         .logits(&TokenBatch::inputs(rows, seq, ids.clone()))
         .unwrap();
     assert_eq!(ours.dims(), &[rows, seq, cfg.vocab_size]);
-    let mut worst = 0f32;
+    let mut worst = 0f64;
     // candle's Llama returns the last position's logits: run every prefix of every row.
     for r in 0..rows {
         for len in 1..=seq {

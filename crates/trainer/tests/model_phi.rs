@@ -11,7 +11,7 @@ use trainer::model::{CausalLm, Model, Phi, PhiConfig, TokenBatch};
 mod common;
 use common::max_abs_diff;
 
-fn check(cfg: PhiConfig, seed: u64) -> f32 {
+fn check(cfg: PhiConfig, seed: u64) -> f64 {
     let dev = Device::Cpu;
     let model = Phi::new_random(cfg.clone(), seed, 0.1, DType::F32, &dev).unwrap();
     // candle's Phi config has crate-private fields: build it from the HF JSON, as users do.
@@ -30,7 +30,7 @@ fn check(cfg: PhiConfig, seed: u64) -> f32 {
     let ours = model
         .logits(&TokenBatch::inputs(rows, seq, ids.clone()))
         .unwrap();
-    let mut worst = 0f32;
+    let mut worst = 0f64;
     for r in 0..rows {
         for len in 1..=seq {
             reference.clear_kv_cache();

@@ -2,8 +2,9 @@
 
 use candle_core::Tensor;
 
-/// `max |a - b|` over all elements of two f32 tensors of the same shape.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+/// `max |a - b|` over all elements of two float tensors of the same shape and dtype, as f64.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
     (a - b)
         .unwrap()
         .abs()
@@ -12,6 +13,8 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .max(0)
         .unwrap()
-        .to_scalar::<f32>()
+        .to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
         .unwrap()
 }
