@@ -13,12 +13,14 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// Reading or writing a file failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error (in the message, not chained, so `{:#}` prints it once).
-        source: std::io::Error,
+        /// The underlying error, in the message only. (Not named `source`: thiserror would
+        /// chain a field of that name too, and `{:#}` printed "No such file or directory"
+        /// twice.)
+        error: std::io::Error,
     },
     /// A line is not valid JSON (or not a JSON object).
     #[error("{}:{line}: invalid JSON: {message}", path.display())]
@@ -164,10 +166,10 @@ impl DataError {
         })
     }
 
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         DataError::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 }

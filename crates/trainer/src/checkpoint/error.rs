@@ -7,12 +7,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// File involved.
         path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error, in the message only (a field named `source` would also be chained,
+        /// and `{:#}` would print it twice).
+        error: std::io::Error,
     },
     /// A file's content is malformed or lacks something required.
     #[error("{path}: {msg}")]
@@ -28,10 +29,10 @@ pub enum CheckpointError {
 }
 
 impl CheckpointError {
-    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: &std::path::Path, error: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
 

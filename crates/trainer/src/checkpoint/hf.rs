@@ -124,5 +124,5 @@ pub fn save_hf_parts(parts: &HfParts<'_>, dir: &Path) -> Result<(), CheckpointEr
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let wpath = dir.join("model.safetensors");
-    candle_core::safetensors::save(&tensors, &wpath).map_err(|e| CheckpointError::format(&wpath, e))
+    super::save_safetensors(&tensors, &wpath).map_err(|e| CheckpointError::format(&wpath, e))
 }

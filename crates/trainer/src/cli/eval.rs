@@ -12,7 +12,7 @@ use super::model_path::{self, bad_input};
 use super::ExitError;
 use crate::model::{CausalLm, LossOptions, Model, TaskLoss, TokenBatch};
 use ::data::batch::{Batch, SampleRef};
-use ::data::config::{DataConfig, TemplatePreset};
+use ::data::config::DataConfig;
 use ::data::dataset::Dataset;
 use ::data::format::Split;
 use ::data::tokenize::Encoder;
@@ -34,8 +34,13 @@ pub struct EvalArgs {
     /// training checkpoint directory (the HF model in its model/ subdirectory).
     #[arg(long, value_name = "PATH", required_unless_present = "config")]
     model: Option<PathBuf>,
-    /// tokenizer.json (e.g. data/tokenizers/smollm2/tokenizer.json).
-    #[arg(long, value_name = "T", required_unless_present = "config")]
+    /// Override one key of --config, e.g. `--set data.max_seq_len=512` (repeatable; as for
+    /// training).
+    #[arg(long = "set", value_name = "KEY=VALUE", requires = "config")]
+    set: Vec<String>,
+    /// tokenizer.json (e.g. data/tokenizers/smollm2/tokenizer.json); default: `tokenizer.json`
+    /// beside the model (as `best/` has it).
+    #[arg(long, value_name = "T")]
     tokenizer: Option<PathBuf>,
     /// A task: NAME=PATH (a .jsonl/.jsonl.gz file or a directory); repeat for more tasks, or
     /// repeat a NAME to give it several paths.
@@ -55,9 +60,10 @@ pub struct EvalArgs {
     /// Positions per sample; longer samples are truncated (as in training).
     #[arg(long, default_value_t = 1024, value_parser = positive)]
     max_seq_len: usize,
-    /// Prompt template preset: chatml or mftcoder.
-    #[arg(long, default_value = "chatml", value_parser = ["chatml", "mftcoder"])]
-    template: String,
+    /// Prompt template preset: chatml or mftcoder. Default: the template the model was
+    /// trained with (`template.json` beside it, as `best/` has it), else chatml.
+    #[arg(long, value_parser = ["chatml", "mftcoder"])]
+    template: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -121,7 +127,7 @@ pub fn run(args: &EvalArgs) -> Result<(), ExitError> {
     let split = split_of(&args.split);
     let (cfg, tokenizer, model_arg) = match &args.config {
         Some(path) => {
-            let train = super::train::load_config(Some(path), &[])?;
+            let train = super::train::load_config(Some(path), &args.set)?;
             let model = args
                 .model
                 .clone()
@@ -131,16 +137,22 @@ pub fn run(args: &EvalArgs) -> Result<(), ExitError> {
         None => {
             let mut cfg = DataConfig::from_task_args(&args.tasks).map_err(bad_input)?;
             cfg.max_seq_len = args.max_seq_len;
-            cfg.template.preset = match args.template.as_str() {
-                "mftcoder" => TemplatePreset::Mftcoder,
-                _ => TemplatePreset::Chatml,
+            let Some(m) = &args.model else {
+                return Err(bad_input(anyhow!("give --config F, or --model and --task")));
             };
-            let (Some(t), Some(m)) = (&args.tokenizer, &args.model) else {
-                return Err(bad_input(anyhow!(
-                    "give --config F, or --model, --tokenizer and --task"
-                )));
+            cfg.template =
+                model_path::template_for(m, args.template.as_deref()).map_err(bad_input)?;
+            let t = match (&args.tokenizer, model_path::tokenizer_beside(m)) {
+                (Some(t), _) => t.clone(),
+                (None, Some(t)) => t,
+                (None, None) => {
+                    return Err(bad_input(anyhow!(
+                        "--tokenizer is required: {} has no tokenizer.json beside it",
+                        m.display()
+                    )))
+                }
             };
-            (cfg, t.clone(), m.clone())
+            (cfg, t, m.clone())
         }
     };
     cfg.validate().map_err(bad_input)?;

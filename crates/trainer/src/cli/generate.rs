@@ -27,9 +27,10 @@ pub struct GenerateArgs {
     /// The user's message (with --raw: the text to continue).
     #[arg(long, value_name = "TEXT")]
     prompt: String,
-    /// Prompt template preset: chatml or mftcoder.
-    #[arg(long, default_value = "chatml", value_parser = ["chatml", "mftcoder"])]
-    template: String,
+    /// Prompt template preset: chatml or mftcoder. Default: the template the model was
+    /// trained with (`template.json` beside it, as `best/` has it), else chatml.
+    #[arg(long, value_parser = ["chatml", "mftcoder"])]
+    template: Option<String>,
     /// System message (rendered with the template's system markers).
     #[arg(long, value_name = "TEXT", conflicts_with = "raw")]
     system: Option<String>,
@@ -64,11 +65,10 @@ const EOS_CANDIDATES: [&str; 4] = ["<|endoftext|>", "</s>", "<|end_of_text|>", "
 /// or non-finite temperature, prompt ids outside the model's vocabulary); 1 for a model
 /// failure or a failed write.
 pub fn run(args: &GenerateArgs) -> Result<(), ExitError> {
-    let beside = args.model.join("tokenizer.json");
-    let tokenizer_path = match &args.tokenizer {
-        Some(t) => t.clone(),
-        None if beside.is_file() => beside,
-        None => {
+    let tokenizer_path = match (&args.tokenizer, model_path::tokenizer_beside(&args.model)) {
+        (Some(t), _) => t.clone(),
+        (None, Some(beside)) => beside,
+        (None, None) => {
             return Err(bad_input(anyhow!(
                 "--tokenizer is required: {} has no tokenizer.json",
                 args.model.display()
@@ -81,13 +81,8 @@ pub fn run(args: &GenerateArgs) -> Result<(), ExitError> {
             args.temperature
         )));
     }
-    let template_cfg = TemplateConfig {
-        preset: match args.template.as_str() {
-            "mftcoder" => TemplatePreset::Mftcoder,
-            _ => TemplatePreset::Chatml,
-        },
-        ..TemplateConfig::default()
-    };
+    let template_cfg =
+        model_path::template_for(&args.model, args.template.as_deref()).map_err(bad_input)?;
     let (tokenizer, prompt, template_eos) = if args.raw {
         let tok = Tokenizer::from_file(&tokenizer_path)
             .map_err(|e| bad_input(anyhow!("tokenizer {}: {e}", tokenizer_path.display())))?;
@@ -131,8 +126,24 @@ pub fn run(args: &GenerateArgs) -> Result<(), ExitError> {
         .generate(&prompt, args.max_new_tokens, &stop, sampling)
         .context("generating")
         .map_err(|error| ExitError { code: 1, error })?;
-    if out.last().is_some_and(|t| stop.contains(t)) {
+    let stopped_at = out.last().copied().filter(|t| stop.contains(t));
+    if stopped_at.is_some() {
         out.pop();
+    }
+    if out.is_empty() {
+        // An empty line alone looked like a hang-up or a crash: say what happened.
+        let why = match stopped_at {
+            Some(id) => format!(
+                "its first token was the end-of-sequence token {:?}",
+                tokenizer.id_to_token(id).unwrap_or_else(|| id.to_string())
+            ),
+            None => "--max-new-tokens is 0".to_string(),
+        };
+        tracing::warn!(
+            "the model generated 0 tokens: {why} (template {}; try another prompt, \
+             --temperature > 0, or --raw)",
+            template_name(&template_cfg)
+        );
     }
     let mut text = tokenizer.decode(&out, true).map_err(|e| ExitError {
         code: 1,
@@ -145,6 +156,19 @@ pub fn run(args: &GenerateArgs) -> Result<(), ExitError> {
         .and_then(|()| stdout.flush())
         .context("writing to stdout")
         .map_err(|error| ExitError { code: 1, error })
+}
+
+/// The preset name of a template, `custom` when any marker is overridden.
+fn template_name(t: &TemplateConfig) -> &'static str {
+    let plain = TemplateConfig {
+        preset: t.preset,
+        ..TemplateConfig::default()
+    };
+    match (t == &plain, t.preset) {
+        (false, _) => "custom",
+        (true, TemplatePreset::Chatml) => "chatml",
+        (true, TemplatePreset::Mftcoder) => "mftcoder",
+    }
 }
 
 /// Token ids of a one-turn chat prompt, up to and including the assistant prefix:

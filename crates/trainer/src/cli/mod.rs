@@ -103,12 +103,27 @@ fn init_logging() {
         .try_init();
 }
 
+/// An error already printed (by rank 0 for every rank): exit with its code, print nothing.
+#[derive(Debug, thiserror::Error)]
+#[error("error already reported")]
+pub struct Reported;
+
+/// Prints `coba-dist: error: <chain>` on stderr, flushed.
+pub fn print_error(e: &anyhow::Error) {
+    use std::io::Write as _;
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "coba-dist: error: {e:#}");
+    let _ = err.flush();
+}
+
 fn finish(result: Result<(), ExitError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e.error) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("coba-dist: error: {:#}", e.error);
+            if e.error.downcast_ref::<Reported>().is_none() {
+                print_error(&e.error);
+            }
             ExitCode::from(e.code)
         }
     }

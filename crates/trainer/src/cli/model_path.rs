@@ -4,6 +4,7 @@
 use super::ExitError;
 use crate::checkpoint::load_model;
 use crate::model::Model;
+use ::data::config::{TemplateConfig, TemplatePreset};
 use anyhow::{anyhow, Context};
 use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
@@ -42,6 +43,55 @@ pub fn resolve(path: &Path) -> anyhow::Result<PathBuf> {
          Face model directory, a training checkpoint directory or a .gguf file)",
         path.display()
     ))
+}
+
+/// The directory that holds the files written beside a model (`best/` has `tokenizer.json`
+/// and `template.json` next to `config.json`): `PATH` itself for a directory, the parent of
+/// a file.
+fn beside_dir(model: &Path) -> &Path {
+    if model.is_dir() {
+        model
+    } else {
+        model.parent().unwrap_or_else(|| Path::new("."))
+    }
+}
+
+/// `tokenizer.json` beside the model (see [`beside_dir`]), if there is one.
+pub fn tokenizer_beside(model: &Path) -> Option<PathBuf> {
+    Some(beside_dir(model).join("tokenizer.json")).filter(|p| p.is_file())
+}
+
+/// The template the model was trained with: `template.json` beside it (written into `best/`
+/// by training), or `None` when there is none.
+///
+/// # Errors
+/// An unreadable or malformed `template.json` (naming it).
+pub fn template_beside(model: &Path) -> anyhow::Result<Option<TemplateConfig>> {
+    let p = beside_dir(model).join("template.json");
+    if !p.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?;
+    let t = serde_json::from_str(&text).with_context(|| format!("parse {}", p.display()))?;
+    Ok(Some(t))
+}
+
+/// The template of `--template NAME` when given, else the one beside the model, else chatml.
+///
+/// # Errors
+/// See [`template_beside`].
+pub fn template_for(model: &Path, preset: Option<&str>) -> anyhow::Result<TemplateConfig> {
+    Ok(match preset {
+        Some(name) => TemplateConfig {
+            preset: if name == "mftcoder" {
+                TemplatePreset::Mftcoder
+            } else {
+                TemplatePreset::Chatml
+            },
+            ..TemplateConfig::default()
+        },
+        None => template_beside(model)?.unwrap_or_default(),
+    })
 }
 
 /// Loads the model of `--model PATH` (see [`resolve`]) as f32 on the CPU.

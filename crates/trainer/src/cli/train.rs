@@ -149,14 +149,25 @@ pub fn run(args: &TrainArgs) -> Result<(), ExitError> {
 
 /// The exit for a failed run: an error every rank shares ([`AllRanks`]) or a single-process
 /// run exits normally; any other error aborts the whole job so no rank waits forever.
+///
+/// Under mpirun, rank 0 prints a shared error *before* any rank exits (then every rank meets
+/// at a barrier and returns): Open MPI kills the remaining ranks as soon as one exits with a
+/// non-zero status, which used to swallow rank 0's message (issue "first hour", item 2).
 pub fn fail(comm: &dyn collectives::Communicator, e: anyhow::Error) -> ExitError {
     if let Some(a) = e.downcast_ref::<AllRanks>() {
         let code = if a.bad_input { 2 } else { 1 };
-        if comm.rank() != 0 {
-            // Every rank has the same error: rank 0 prints it.
-            std::process::exit(i32::from(code));
+        if comm.world_size() == 1 {
+            return ExitError { code, error: e };
         }
-        ExitError { code, error: e }
+        if comm.rank() == 0 {
+            super::print_error(&e);
+        }
+        // Every rank has the same error; a failed barrier (a dead peer) changes nothing here.
+        let _ = comm.barrier();
+        ExitError {
+            code,
+            error: anyhow::Error::new(super::Reported),
+        }
     } else if comm.world_size() == 1 {
         ExitError { code: 1, error: e }
     } else {

@@ -210,7 +210,7 @@ impl AdamW {
             map.insert(format!("master.{n}"), t.clone());
         }
         let spath = dir.join("optimizer.safetensors");
-        candle_core::safetensors::save(&map, &spath).map_err(|e| io(spath.clone(), &e))
+        crate::checkpoint::save_safetensors(&map, &spath).map_err(|e| io(spath.clone(), &e))
     }
 
     /// Reads what [`AdamW::save`] wrote.

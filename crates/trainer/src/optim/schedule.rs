@@ -34,6 +34,25 @@ pub enum LrSchedule {
 }
 
 impl LrSchedule {
+    /// One line for messages, e.g. `cosine from 2e-5 to 0 after 10 warm-up steps over 400
+    /// steps` or `constant 1e-2 after 0 warm-up steps`.
+    pub fn describe(&self) -> String {
+        match *self {
+            LrSchedule::Constant { lr, warmup_steps } => {
+                format!("constant {lr:e} after {warmup_steps} warm-up steps")
+            }
+            LrSchedule::Cosine {
+                max_lr,
+                min_lr,
+                warmup_steps,
+                total_steps,
+            } => format!(
+                "cosine from {max_lr:e} to {min_lr:e} after {warmup_steps} warm-up steps over \
+                 {total_steps} steps"
+            ),
+        }
+    }
+
     /// The learning rate of 0-based optimizer step `step`.
     pub fn lr(&self, step: u64) -> f64 {
         let warm = |peak: f64, w: u64| -> Option<f64> {

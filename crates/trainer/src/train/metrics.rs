@@ -8,22 +8,27 @@
 use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-/// Appends JSON lines and knows the file's length (the checkpoint's metrics offset).
+/// Appends JSON lines and knows the file's length (the checkpoint's metrics offset) and the
+/// length of its header line (line 1, which a resume may rewrite).
 pub struct MetricsWriter {
     path: PathBuf,
     file: File,
     offset: u64,
+    header_len: u64,
 }
 
 impl MetricsWriter {
-    /// Opens `path`, truncated to `keep_bytes` (0 for a fresh run).
+    /// Opens `path`, truncated to `keep_bytes` (0 for a fresh run). `saved_header_len` is the
+    /// header line's length (with its newline) when `keep_bytes` was recorded; when line 1 has
+    /// been rewritten since (another length), the cut moves by the difference. `None` (older
+    /// checkpoints) keeps `keep_bytes` as it is.
     ///
     /// # Errors
-    /// The file cannot be opened or truncated.
-    pub fn open(path: &Path, keep_bytes: u64) -> Result<Self> {
+    /// The file cannot be opened, read or truncated, or is shorter than `keep_bytes`.
+    pub fn open(path: &Path, keep_bytes: u64, saved_header_len: Option<u64>) -> Result<Self> {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -35,6 +40,15 @@ impl MetricsWriter {
             .metadata()
             .with_context(|| format!("stat {}", path.display()))?
             .len();
+        let header_len = if keep_bytes > 0 {
+            first_line_len(path)?
+        } else {
+            0
+        };
+        let keep_bytes = match saved_header_len {
+            Some(saved) if keep_bytes > 0 => (keep_bytes + header_len).saturating_sub(saved),
+            _ => keep_bytes,
+        };
         if len < keep_bytes {
             anyhow::bail!(
                 "{}: {len} bytes, but the checkpoint was written after {keep_bytes}: the file \
@@ -48,13 +62,14 @@ impl MetricsWriter {
             path: path.to_path_buf(),
             file,
             offset: keep_bytes,
+            header_len,
         };
-        use std::io::Seek;
-        w.file.seek(std::io::SeekFrom::Start(keep_bytes))?;
+        w.file.seek(SeekFrom::Start(keep_bytes))?;
         Ok(w)
     }
 
-    /// Writes one record as a line and flushes it.
+    /// Writes one record as a line and flushes it. The first line written to an empty file
+    /// is the header.
     ///
     /// # Errors
     /// A write failure.
@@ -65,7 +80,46 @@ impl MetricsWriter {
             .write_all(line.as_bytes())
             .and_then(|_| self.file.flush())
             .with_context(|| format!("write {}", self.path.display()))?;
+        if self.offset == 0 {
+            self.header_len = line.len() as u64;
+        }
         self.offset += line.len() as u64;
+        Ok(())
+    }
+
+    /// Sets `key` to `value` in the header (line 1) and rewrites the file atomically (a
+    /// temporary file renamed over it). The offset and header length change with it.
+    ///
+    /// # Errors
+    /// No header line, or an IO failure.
+    pub fn update_header(&mut self, key: &str, value: Value) -> Result<()> {
+        let text =
+            std::fs::read(&self.path).with_context(|| format!("read {}", self.path.display()))?;
+        let split = text
+            .iter()
+            .position(|&b| b == b'\n')
+            .with_context(|| format!("{}: no header line", self.path.display()))?;
+        let mut header: Value = serde_json::from_slice(&text[..split])
+            .with_context(|| format!("{}: line 1", self.path.display()))?;
+        if let Some(m) = header.as_object_mut() {
+            m.insert(key.to_string(), value);
+        }
+        let mut out = serde_json::to_vec(&header)?;
+        out.push(b'\n');
+        let header_len = out.len() as u64;
+        out.extend_from_slice(&text[split + 1..]);
+        let tmp = self.path.with_extension("jsonl.tmp");
+        std::fs::write(&tmp, &out).with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("rename {} -> {}", tmp.display(), self.path.display()))?;
+        self.file = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .open(&self.path)
+            .with_context(|| format!("open {}", self.path.display()))?;
+        self.offset = out.len() as u64;
+        self.header_len = header_len;
+        self.file.seek(SeekFrom::Start(self.offset))?;
         Ok(())
     }
 
@@ -73,6 +127,20 @@ impl MetricsWriter {
     pub fn offset(&self) -> u64 {
         self.offset
     }
+
+    /// Length of the header line with its newline (0 before it is written).
+    pub fn header_len(&self) -> u64 {
+        self.header_len
+    }
+}
+
+fn first_line_len(path: &Path) -> Result<u64> {
+    use std::io::BufRead;
+    let mut line = Vec::new();
+    std::io::BufReader::new(File::open(path).with_context(|| format!("open {}", path.display()))?)
+        .read_until(b'\n', &mut line)
+        .with_context(|| format!("read {}", path.display()))?;
+    Ok(line.len() as u64)
 }
 
 /// `{task: value}` with `null` for a missing (`None`) or non-finite value.

@@ -22,7 +22,9 @@
 
 pub mod config;
 pub mod evaluate;
+pub mod lock;
 pub mod metrics;
+mod resume_rules;
 pub mod signals;
 pub mod state;
 
@@ -165,12 +167,9 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
     let stop = signals::StopFlag::install().context("installing SIGTERM/SIGUSR1 handlers")?;
     let rank0 = comm.rank() == 0;
     let out = &cfg.output_dir;
+    check_output_dir(cfg).map_err(bad_input)?;
+    let _lock = lock_output_dir(out, comm)?;
     preflight(cfg, resume).map_err(bad_input)?;
-    if rank0 {
-        std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
-        std::fs::write(out.join("config.toml"), cfg.to_toml())
-            .with_context(|| format!("write {}", out.join("config.toml").display()))?;
-    }
     let (enc, ds) = load_data(cfg).map_err(bad_input)?;
     let k = ds.num_tasks();
     let names: Vec<String> = ds.tasks.iter().map(|t| t.name.clone()).collect();
@@ -219,9 +218,12 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
         Some(dir) => {
             let st = state::read_state(dir).map_err(bad_input)?;
             check_compatible(&st, &names, shard.global_rows(), &wcfg, dir).map_err(bad_input)?;
-            model = load_model(dir, DType::F32, &Device::Cpu)
+            resume_rules::check_schedule(&st, &lr_schedule, total_steps, dir).map_err(bad_input)?;
+            let saved = load_model(dir, DType::F32, &Device::Cpu)
                 .with_context(|| format!("loading {}", dir.display()))
                 .map_err(all_ranks)?;
+            resume_rules::check_architecture(&model, &saved, dir).map_err(bad_input)?;
+            model = saved;
             let opt = AdamW::load(dir, &Device::Cpu).map_err(all_ranks)?;
             if rank0 {
                 tracing::info!(
@@ -252,6 +254,9 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
                 evals_since_best: 0,
                 metrics_offset: 0,
                 seed: t.seed,
+                lr_schedule: Some(lr_schedule),
+                total_steps: Some(total_steps),
+                metrics_header_len: None,
             };
             let opt = AdamW::new(AdamWConfig {
                 beta1: t.beta1,
@@ -263,8 +268,26 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
         }
     };
     let n_params = model.num_parameters();
+    let total_changed = st.total_steps.filter(|&was| was != total_steps);
+    st.lr_schedule = Some(lr_schedule);
+    st.total_steps = Some(total_steps);
     let mut metrics = if rank0 {
-        let mut w = MetricsWriter::open(&out.join("metrics.jsonl"), st.metrics_offset)?;
+        std::fs::write(out.join("config.toml"), cfg.to_toml())
+            .with_context(|| format!("write {}", out.join("config.toml").display()))?;
+        let mut w = MetricsWriter::open(
+            &out.join("metrics.jsonl"),
+            st.metrics_offset,
+            st.metrics_header_len,
+        )?;
+        if let Some(was) = total_changed {
+            tracing::info!(
+                "resuming with {total_steps} total steps instead of {was}: the learning rate \
+                 of every step stays the same ({}), so this equals an uninterrupted run of the \
+                 new configuration; metrics.jsonl's header now says total_steps {total_steps}",
+                lr_schedule.describe()
+            );
+            w.update_header("total_steps", json!(total_steps))?;
+        }
         if ckpt.is_none() {
             w.write(&json!({
                 "initial_val_loss": per_task(&names, st.initial_val_loss.iter().map(|v| Some(*v))),
@@ -555,6 +578,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
         if let Some(w) = metrics.as_mut() {
             w.write(&Value::Object(rec))?;
             st.metrics_offset = w.offset();
+            st.metrics_header_len = Some(w.header_len());
         }
         if let Some(pb) = &progress {
             pb.set_position(st.next_step);
@@ -731,15 +755,38 @@ fn check_compatible(
     Ok(())
 }
 
-/// Checks that need no data: the files the config names exist, and a fresh start does not
-/// mix with an earlier run's checkpoints.
-fn preflight(cfg: &TrainConfig, resume: Option<&Resume>) -> Result<()> {
+/// `output_dir` is a usable directory name.
+fn check_output_dir(cfg: &TrainConfig) -> Result<()> {
     if cfg.output_dir.as_os_str().is_empty() {
         bail!("key `output_dir`: must not be empty");
     }
     if cfg.output_dir.is_file() {
         bail!("key `output_dir`: {} is a file", cfg.output_dir.display());
     }
+    Ok(())
+}
+
+/// Rank 0 takes the output directory's lock ([`lock::OutputLock`]) and tells every rank
+/// whether it got it, so a refused run stops on every rank with rank 0's message.
+fn lock_output_dir(out: &Path, comm: &dyn Communicator) -> Result<Option<lock::OutputLock>> {
+    let mut msg = Vec::new();
+    let mut held = None;
+    if comm.rank() == 0 {
+        match lock::OutputLock::acquire(out) {
+            Ok(l) => held = Some(l),
+            Err(e) => msg = format!("{e:#}").into_bytes(),
+        }
+    }
+    comm.broadcast_bytes(&mut msg, 0)?;
+    if !msg.is_empty() {
+        return Err(bad_input(anyhow!("{}", String::from_utf8_lossy(&msg))));
+    }
+    Ok(held)
+}
+
+/// Checks that need no data: the files the config names exist, and a fresh start does not
+/// mix with an earlier run's checkpoints.
+fn preflight(cfg: &TrainConfig, resume: Option<&Resume>) -> Result<()> {
     if !cfg.model.tokenizer.is_file() {
         bail!(
             "key `model.tokenizer`: {} does not exist (paths are relative to the working \
@@ -773,8 +820,10 @@ fn preflight(cfg: &TrainConfig, resume: Option<&Resume>) -> Result<()> {
     }
 }
 
-/// Rank 0 picks the checkpoint (auto: the latest complete one) and broadcasts its path, so
-/// every rank resumes from the same one.
+/// Rank 0 picks the checkpoint and broadcasts its path, so every rank resumes from the same
+/// one. `auto` takes the newest checkpoint that passes [`state::verify_checkpoint`], with a
+/// warning naming each newer one it skipped and why (a corrupt newest checkpoint used to stop
+/// the resume); an explicit path must pass it.
 fn resolve_resume(
     cfg: &TrainConfig,
     comm: &dyn Communicator,
@@ -783,34 +832,65 @@ fn resolve_resume(
     let Some(resume) = resume else {
         return Ok(None);
     };
+    // Rank 0's verdict: Ok(path or empty) or the error text, broadcast as one message.
     let mut buf = Vec::new();
     if comm.rank() == 0 {
-        let chosen = match resume {
-            Resume::Path(p) => {
-                if !p.join("state.json").is_file() {
-                    bail!(
-                        "--resume {}: not a complete checkpoint (no state.json)",
-                        p.display()
-                    );
-                }
-                Some(p.clone())
+        buf = match pick_checkpoint(cfg, resume) {
+            Ok(p) => {
+                let mut b = vec![b'+'];
+                b.extend(
+                    p.map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                        .bytes(),
+                );
+                b
             }
-            Resume::Auto => state::list_checkpoints(&cfg.output_dir)
-                .pop()
-                .map(|(_, p)| p),
+            Err(e) => {
+                let mut b = vec![b'!'];
+                b.extend(format!("{e:#}").bytes());
+                b
+            }
         };
-        if chosen.is_none() {
-            tracing::info!(
-                "--resume auto: no checkpoint in {}; starting fresh",
-                state::checkpoints_dir(&cfg.output_dir).display()
-            );
-        }
-        buf = chosen
-            .map(|p| p.to_string_lossy().into_owned().into_bytes())
-            .unwrap_or_default();
     }
     comm.broadcast_bytes(&mut buf, 0)?;
-    Ok((!buf.is_empty()).then(|| PathBuf::from(String::from_utf8_lossy(&buf).into_owned())))
+    let text = String::from_utf8_lossy(buf.get(1..).unwrap_or_default()).into_owned();
+    match buf.first() {
+        Some(b'+') => Ok((!text.is_empty()).then(|| PathBuf::from(text))),
+        _ => Err(bad_input(anyhow!("{text}"))),
+    }
+}
+
+fn pick_checkpoint(cfg: &TrainConfig, resume: &Resume) -> Result<Option<PathBuf>> {
+    match resume {
+        Resume::Path(p) => state::verify_checkpoint(p)
+            .map(|_| Some(p.clone()))
+            .with_context(|| format!("--resume {}: not a usable checkpoint", p.display())),
+        Resume::Auto => {
+            let all = state::list_checkpoints(&cfg.output_dir);
+            for (_, p) in all.iter().rev() {
+                match state::verify_checkpoint(p) {
+                    Ok(_) => return Ok(Some(p.clone())),
+                    Err(e) => tracing::warn!(
+                        "--resume auto: skipping {}, it is damaged: {e:#}",
+                        p.display()
+                    ),
+                }
+            }
+            if all.is_empty() {
+                tracing::info!(
+                    "--resume auto: no checkpoint in {}; starting fresh",
+                    state::checkpoints_dir(&cfg.output_dir).display()
+                );
+                Ok(None)
+            } else {
+                bail!(
+                    "--resume auto: every checkpoint in {} is damaged (see the warnings above); \
+                     move them away to start fresh",
+                    state::checkpoints_dir(&cfg.output_dir).display()
+                )
+            }
+        }
+    }
 }
 
 fn progress_bar(total: u64, at: u64) -> indicatif::ProgressBar {

@@ -57,6 +57,17 @@ pub struct TrainState {
     /// The run has no random state besides the seed: data order, mixing and probes are pure
     /// functions of (seed, epoch, step) and there is no dropout. Kept for the format.
     pub seed: u64,
+    /// The learning-rate schedule the run was started with (absent in older checkpoints): a
+    /// resume with a schedule that changes the rate of any step is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_schedule: Option<crate::optim::LrSchedule>,
+    /// Optimizer steps the run was configured for (absent in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_steps: Option<u64>,
+    /// Length in bytes of `metrics.jsonl`'s header line when `metrics_offset` was recorded
+    /// (a resume that rewrites the header moves the offset by the difference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_header_len: Option<u64>,
 }
 
 /// An in-memory copy of everything a checkpoint holds, cheap to take between steps.
@@ -213,6 +224,76 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
         );
     }
     Ok(st)
+}
+
+/// Checks that a checkpoint directory is whole before a resume picks it: `state.json` parses
+/// (and has this build's version), the JSON files parse, and every `*.safetensors` file has a
+/// well-formed header whose tensors end exactly at the end of the file (a truncated or
+/// overwritten file fails). Returns the state.
+///
+/// # Errors
+/// What is wrong, naming the file.
+pub fn verify_checkpoint(dir: &Path) -> Result<TrainState> {
+    let st = read_state(dir)?;
+    for json in [dir.join("model/config.json"), dir.join("optimizer.json")] {
+        let text =
+            std::fs::read_to_string(&json).with_context(|| format!("read {}", json.display()))?;
+        serde_json::from_str::<serde_json::Value>(&text)
+            .with_context(|| format!("parse {}", json.display()))?;
+    }
+    let mut files = vec![dir.join("optimizer.safetensors")];
+    let model_dir = dir.join("model");
+    let mut shards: Vec<PathBuf> = std::fs::read_dir(&model_dir)
+        .with_context(|| format!("read {}", model_dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    if shards.is_empty() {
+        bail!("{}: no *.safetensors file", model_dir.display());
+    }
+    shards.sort();
+    files.extend(shards);
+    for f in &files {
+        check_safetensors_layout(f)?;
+    }
+    Ok(st)
+}
+
+/// A safetensors file: 8-byte little-endian header length, a JSON header, then the data; the
+/// largest `data_offsets` end must be the data's length.
+fn check_safetensors_layout(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let bad = |why: String| anyhow::anyhow!("{}: {why}", path.display());
+    let mut f = File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let len = f.metadata()?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|e| bad(format!("no header ({e})")))?;
+    let n = u64::from_le_bytes(n);
+    if n > len.saturating_sub(8) || n > 100 << 20 {
+        return Err(bad(format!(
+            "header length {n} does not fit a file of {len} bytes"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| bad(format!("short header ({e})")))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON ({e})")))?;
+    let end = header
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .filter_map(|(_, v)| v["data_offsets"][1].as_u64())
+        .max()
+        .unwrap_or(0);
+    if 8 + n + end != len {
+        return Err(bad(format!(
+            "{len} bytes, the header describes {} (truncated or overwritten)",
+            8 + n + end
+        )));
+    }
+    Ok(())
 }
 
 /// One background writer: a new job waits for the previous one (so at most one snapshot is

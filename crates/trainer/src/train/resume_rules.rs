@@ -1,0 +1,156 @@
+//! What a resume may change, checked before any step runs (ARCHITECTURE.md: a resumed run
+//! equals the uninterrupted one).
+//!
+//! - The architecture: never. The checkpoint's `config.json` and the model the configuration
+//!   builds must agree on every architecture field; a difference names the field and both
+//!   values (it used to train the checkpoint's model and write the other value into
+//!   `config.toml`).
+//! - The learning-rate schedule: only where the rate of every step stays the same, i.e. a new
+//!   `max_steps`/`epochs` under a constant schedule (the resumed run then equals an
+//!   uninterrupted run of the new configuration; the caller logs it and rewrites the metrics
+//!   header's `total_steps`). Anything else (a cosine decay over another number of steps, a
+//!   new peak or warm-up) is refused: to train further, start a new run from the checkpoint's
+//!   `model/` as `model.path`.
+//! - Weighting settings, tasks and the global batch: see `check_compatible` in the loop.
+
+use super::state::TrainState;
+use crate::model::Model;
+use crate::optim::LrSchedule;
+use anyhow::{bail, Result};
+use serde_json::Value;
+use std::path::Path;
+
+/// Keys of `config.json` that do not change the network: the longest position is only
+/// informational (RoPE tables cover any position) and follows `data.max_seq_len`; the others
+/// are written by the checkpoint writer or HF tooling (`architectures` follows `model_type`,
+/// which is compared).
+const NOT_ARCHITECTURE: &[&str] = &[
+    "max_position_embeddings",
+    "torch_dtype",
+    "architectures",
+    "transformers_version",
+    "_name_or_path",
+    "use_cache",
+];
+
+/// Refuses a resume whose schedule gives any step another learning rate.
+///
+/// # Errors
+/// The two schedules, named, and how to train further instead.
+pub fn check_schedule(
+    st: &TrainState,
+    now: &LrSchedule,
+    total_steps: u64,
+    dir: &Path,
+) -> Result<()> {
+    let Some(was) = &st.lr_schedule else {
+        return Ok(());
+    };
+    if was != now {
+        bail!(
+            "{}: the checkpoint's learning-rate schedule ({}{}) differs from the config's ({}, \
+             {total_steps} steps): the steps after the resume would get other rates than an \
+             uninterrupted run. Keep [train] lr, min_lr, lr_warmup_steps, lr_schedule and, \
+             with a cosine schedule, max_steps/epochs; to train further, start a new run with \
+             model.path = \"{}\" in another output_dir",
+            dir.display(),
+            was.describe(),
+            st.total_steps
+                .map_or(String::new(), |n| format!(", {n} steps")),
+            now.describe(),
+            dir.join("model").display()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a resume whose configured model differs from the checkpoint's.
+///
+/// # Errors
+/// Every differing field with the checkpoint's and the config's value.
+pub fn check_architecture(configured: &Model, saved: &Model, dir: &Path) -> Result<()> {
+    let diffs = architecture_diff(&configured.config_json(), &saved.config_json())?;
+    if !diffs.is_empty() {
+        bail!(
+            "{}: the checkpoint's model differs from the one the config describes: {} \
+             (the architecture cannot change across a resume: restore [model] as it was, or \
+             start a new run in another output_dir)",
+            dir.display(),
+            diffs.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `field: checkpoint X, config Y` for every architecture field of two `config.json` texts
+/// that differs (absent fields shown as `absent`), in key order.
+///
+/// # Errors
+/// A text that is not a JSON object.
+pub fn architecture_diff(configured: &str, saved: &str) -> Result<Vec<String>> {
+    let parse = |t: &str| -> Result<serde_json::Map<String, Value>> {
+        match serde_json::from_str(t)? {
+            Value::Object(m) => Ok(normalise(m)),
+            _ => bail!("config.json is not an object"),
+        }
+    };
+    let (now, was) = (parse(configured)?, parse(saved)?);
+    let mut keys: Vec<&String> = now.keys().chain(was.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let show = |v: Option<&Value>| v.map_or("absent".to_string(), Value::to_string);
+    Ok(keys
+        .into_iter()
+        .filter(|k| !NOT_ARCHITECTURE.contains(&k.as_str()))
+        .filter(|k| now.get(*k) != was.get(*k))
+        .map(|k| {
+            format!(
+                "{k}: checkpoint {}, config {}",
+                show(was.get(k)),
+                show(now.get(k))
+            )
+        })
+        .collect())
+}
+
+/// Fills the fields HF leaves out when they take their default, so that an explicit default
+/// and an absent field compare equal.
+fn normalise(mut m: serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
+    let int = |m: &serde_json::Map<String, Value>, k: &str| m.get(k).and_then(Value::as_u64);
+    if let Some(heads) = int(&m, "num_attention_heads") {
+        m.entry("num_key_value_heads").or_insert(heads.into());
+        if let Some(d) = int(&m, "hidden_size").filter(|_| heads > 0) {
+            m.entry("head_dim").or_insert((d / heads).into());
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_architecture_diff_names_each_field_with_both_values() {
+        let saved = r#"{"hidden_size": 64, "num_attention_heads": 4, "vocab_size": 100,
+                        "max_position_embeddings": 512}"#;
+        let configured = r#"{"hidden_size": 128, "num_attention_heads": 4, "vocab_size": 100,
+                             "max_position_embeddings": 1024, "tie_word_embeddings": true}"#;
+        assert_eq!(
+            architecture_diff(configured, saved).unwrap(),
+            vec![
+                // head_dim follows hidden_size / heads when absent.
+                "head_dim: checkpoint 16, config 32".to_string(),
+                "hidden_size: checkpoint 64, config 128".to_string(),
+                "tie_word_embeddings: checkpoint absent, config true".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn resume_architecture_explicit_defaults_equal_absent_ones() {
+        let saved = r#"{"hidden_size": 64, "num_attention_heads": 4}"#;
+        let configured = r#"{"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 16}"#;
+        assert!(architecture_diff(configured, saved).unwrap().is_empty());
+    }
+}
