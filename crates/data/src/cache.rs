@@ -2,8 +2,11 @@
 //!
 //! The key is a SHA-256 over the cache format version, the task name, every data file's bytes
 //! (in order), the tokenizer file's bytes and every setting that changes the result
-//! (`max_seq_len`, `overlong`, `on_bad_line`, `valid_fraction`, `seed`, the resolved template).
-//! Any change gives a new file name, so stale entries are never read.
+//! (`max_seq_len`, `overlong`, `on_bad_line`, `max_line_bytes`, `valid_fraction`, `seed`, the
+//! resolved template). Any change gives a new file name, so stale entries are never read.
+//! An entry holds the task as loaded, before the emptiness checks of
+//! [`Needs`](crate::dataset::Needs), so loads with different needs share it and each applies
+//! its own check.
 //!
 //! Ranks on one host share the cache: the first to take `<file>.lock` (created exclusively)
 //! tokenizes, writes `<file>.tmp.<pid>` and renames it into place atomically; the others wait
@@ -31,8 +34,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Bumped whenever the file layout or the tokenization logic changes.
-pub const CACHE_VERSION: u32 = 1;
+/// Bumped whenever the file layout, the stats or the tokenization logic changes.
+/// 2: per-reason drop counts, records per split, `cut_before_tokenizing`, bounded
+/// tokenization, `max_line_bytes` and BOM handling; entries hold tasks before the emptiness
+/// checks of [`crate::dataset::Needs`].
+pub const CACHE_VERSION: u32 = 2;
 const MAGIC: &[u8; 8] = b"COBADAT1";
 const TRAILER: &[u8; 4] = b"END!";
 
@@ -61,6 +67,7 @@ pub fn cache_path(
         "max_seq_len": cfg.max_seq_len,
         "overlong": cfg.overlong,
         "on_bad_line": cfg.on_bad_line,
+        "max_line_bytes": cfg.max_line_bytes,
         "valid_fraction": cfg.valid_fraction,
         "seed": cfg.seed,
         "template": enc.template(),
@@ -81,7 +88,8 @@ pub fn cache_path(
     Ok(dir.join(format!("{safe}-{}.bin", &key[..32])))
 }
 
-/// Loads a task from the cache, building (and sharing) the entry on a miss.
+/// Loads a task from the cache, building (and sharing) the entry on a miss. No emptiness
+/// checks (see [`crate::dataset::check_task`]).
 pub fn load_task_cached(
     dir: &Path,
     spec: &TaskSpec,

@@ -11,6 +11,7 @@
 //!     "mixing": {"kind": "temperature", "t": 2.0}
 //! }"#).unwrap();
 //! assert_eq!(cfg.max_seq_len, 1024);
+//! assert_eq!(cfg.max_line_bytes, 16 * 1024 * 1024);
 //! assert_eq!(cfg.batch_mode, BatchMode::Pack);
 //! assert_eq!(cfg.mixing, Mixing::Temperature { t: 2.0 });
 //! assert!(serde_json::from_str::<DataConfig>(r#"{"tasks": [], "typo": 1}"#).is_err());
@@ -144,6 +145,12 @@ pub struct DataConfig {
     /// Malformed lines: `error` (default) or `skip`.
     #[serde(default)]
     pub on_bad_line: OnBadLine,
+    /// Longest line of a data file, in bytes (after gzip decompression, without its `\n`).
+    /// At most this many bytes of one line are held in memory; a longer line is an error
+    /// naming file and line, or under `on_bad_line = "skip"` skipped and counted as
+    /// `too_long`. Default 16 MiB (16 777 216); must be at least 1.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
     /// Prompt template. Default chatml.
     #[serde(default)]
     pub template: TemplateConfig,
@@ -160,6 +167,9 @@ pub struct DataConfig {
 
 fn default_max_seq_len() -> usize {
     1024
+}
+fn default_max_line_bytes() -> usize {
+    16 << 20
 }
 fn default_valid_fraction() -> f64 {
     0.05
@@ -179,6 +189,7 @@ impl DataConfig {
             mixing: Mixing::default(),
             valid_fraction: default_valid_fraction(),
             on_bad_line: OnBadLine::default(),
+            max_line_bytes: default_max_line_bytes(),
             template: TemplateConfig::default(),
             probe_samples_per_task: default_probe_samples(),
             seed: 0,
@@ -247,6 +258,12 @@ impl DataConfig {
             return Err(Config {
                 field: "max_seq_len",
                 message: "must be at least 2".into(),
+            });
+        }
+        if self.max_line_bytes == 0 {
+            return Err(Config {
+                field: "max_line_bytes",
+                message: "must be at least 1".into(),
             });
         }
         if !(self.valid_fraction > 0.0 && self.valid_fraction < 1.0) {

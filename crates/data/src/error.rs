@@ -40,6 +40,18 @@ pub enum DataError {
         /// 1-based line number.
         line: usize,
     },
+    /// A line is longer than `data.max_line_bytes`; its bytes were not kept in memory.
+    #[error("{}:{line}: line of {bytes} bytes is longer than data.max_line_bytes = {limit} (raise data.max_line_bytes or set data.on_bad_line = \"skip\")", path.display())]
+    LineTooLong {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The line's size in bytes, without its `\n` (more than `limit`).
+        bytes: usize,
+        /// The limit, `data.max_line_bytes`.
+        limit: usize,
+    },
     /// A required field is absent.
     #[error("{}:{line}: missing field `{field}`", path.display())]
     MissingField {
@@ -119,7 +131,7 @@ pub enum DataError {
     EmptySplit {
         /// The task.
         task: String,
-        /// `train` or `valid`.
+        /// `train`, `valid` or `test`.
         split: &'static str,
         /// Counts that explain why.
         detail: String,
@@ -157,6 +169,7 @@ impl DataError {
         Some(match self {
             DataError::Json { .. } => "invalid_json",
             DataError::NotUtf8 { .. } => "not_utf8",
+            DataError::LineTooLong { .. } => "too_long",
             DataError::MissingField { .. } => "missing_field",
             DataError::WrongType { .. } => "wrong_type",
             DataError::BadValue { .. } => "bad_value",

@@ -1,10 +1,11 @@
-//! Finding a task's files and reading their lines (`.jsonl` or gzip `.jsonl.gz`).
+//! Finding a task's files and reading their lines (`.jsonl` or gzip `.jsonl.gz`), with a
+//! per-line size limit so one huge line cannot exhaust memory.
 //!
 //! ```no_run
 //! use data::source::{task_files, read_lines};
 //! let files = task_files("math", &["data/tasks".into()]).unwrap();
 //! for f in &files {
-//!     read_lines(f, |line_no, line| { let _ = (line_no, line); Ok(()) }).unwrap();
+//!     read_lines(f, 16 << 20, |line_no, line| { let _ = (line_no, line); Ok(()) }).unwrap();
 //! }
 //! ```
 
@@ -80,12 +81,26 @@ pub fn read_all(path: &Path) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The UTF-8 byte-order mark, accepted (and removed) at the start of a file's first line.
+pub const UTF8_BOM: &[u8; 3] = b"\xEF\xBB\xBF";
+
 /// Calls `f(line_no, text)` for every non-blank line (1-based numbers, trailing `\r\n` or `\n`
-/// removed). A line that is not UTF-8 is passed as `Err(NotUtf8)` so the caller's bad-line
-/// policy applies. Returns the number of non-blank lines; a file without any is
-/// [`DataError::EmptyFile`].
+/// removed, a UTF-8 byte-order mark at the start of line 1 removed). Returns the number of
+/// non-blank lines; a file without any is [`DataError::EmptyFile`].
+///
+/// Per-line failures are passed to `f` as `Err` so the caller's bad-line policy applies:
+/// * a line that is not UTF-8: [`DataError::NotUtf8`];
+/// * a line longer than `max_line_bytes` bytes (not counting its `\n`):
+///   [`DataError::LineTooLong`] with the line's full size. At most `max_line_bytes` bytes of
+///   one line are ever held in memory: the rest of such a line is read in bounded chunks and
+///   discarded up to the next newline.
+///
+/// # Errors
+/// [`DataError::Io`] when the file cannot be opened or read, [`DataError::EmptyFile`], or
+/// whatever `f` returns.
 pub fn read_lines(
     path: &Path,
+    max_line_bytes: usize,
     mut f: impl FnMut(usize, Result<&str>) -> Result<()>,
 ) -> Result<usize> {
     let mut reader = open(path)?;
@@ -94,13 +109,29 @@ pub fn read_lines(
     let mut non_blank = 0;
     loop {
         buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| DataError::io(path, e))?;
-        if n == 0 {
+        let Some(size) = read_line_bounded(&mut reader, &mut buf, max_line_bytes)
+            .map_err(|e| DataError::io(path, e))?
+        else {
             break;
-        }
+        };
         line_no += 1;
+        if size > max_line_bytes {
+            // Never blank: it holds more than `max_line_bytes` bytes.
+            non_blank += 1;
+            f(
+                line_no,
+                Err(DataError::LineTooLong {
+                    path: path.to_path_buf(),
+                    line: line_no,
+                    bytes: size,
+                    limit: max_line_bytes,
+                }),
+            )?;
+            continue;
+        }
+        if line_no == 1 && buf.starts_with(UTF8_BOM) {
+            buf.drain(..UTF8_BOM.len());
+        }
         while matches!(buf.last(), Some(b'\n' | b'\r')) {
             buf.pop();
         }
@@ -125,4 +156,38 @@ pub fn read_lines(
         });
     }
     Ok(non_blank)
+}
+
+/// Reads one line into `buf` (without its `\n`), storing at most `limit` bytes. Returns the
+/// line's full size in bytes (without the `\n`; larger than `limit` when bytes were
+/// discarded), or `None` at the end of the input.
+fn read_line_bounded(
+    reader: &mut dyn BufRead,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<Option<usize>> {
+    let mut size = 0usize;
+    let mut any = false;
+    loop {
+        let chunk = match reader.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok(any.then_some(size));
+        }
+        any = true;
+        let (content, used, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (&chunk[..i], i + 1, true),
+            None => (chunk, chunk.len(), false),
+        };
+        let room = limit.saturating_sub(size);
+        buf.extend_from_slice(&content[..content.len().min(room)]);
+        size += content.len();
+        reader.consume(used);
+        if done {
+            return Ok(Some(size));
+        }
+    }
 }

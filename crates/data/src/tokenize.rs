@@ -54,7 +54,14 @@ pub struct Encoder {
     template: Template,
     markers: Markers,
     eos: u32,
+    max_token_bytes: usize,
 }
+
+/// Extra tokens' worth of text kept beyond the `max_seq_len + 1` tokens a sample can use, in
+/// [`Encoder::text_budget_bytes`]: room to search back for a pre-token boundary.
+pub const BUDGET_MARGIN_TOKENS: usize = 16;
+/// Extra bytes kept in [`Encoder::text_budget_bytes`].
+pub const BUDGET_MARGIN_BYTES: usize = 256;
 
 impl Encoder {
     /// Loads `tokenizer.json` and resolves the template; the EOS marker must be one token.
@@ -82,8 +89,10 @@ impl Encoder {
                 assistant_suffix: vec![],
             },
             eos: 0,
+            max_token_bytes: 1,
             template: template.clone(),
         };
+        enc.max_token_bytes = longest_token_bytes(&enc.tokenizer);
         enc.eos = match enc.tokenizer.token_to_id(&template.eos) {
             Some(id) => id,
             None => {
@@ -121,33 +130,97 @@ impl Encoder {
             .unwrap_or_default()
     }
 
-    /// Renders and tokenizes one sample.
+    /// Renders and tokenizes one whole sample (work and memory grow with its text; see
+    /// [`Encoder::encode_bounded`] for samples that will be cut to `max_seq_len`).
     pub fn encode(&self, content: &Content) -> Encoded {
+        self.render(content, None).0
+    }
+
+    /// Renders and tokenizes one sample whose tokens will be cut to `max_seq_len + 1`, doing
+    /// O(`max_seq_len`) work whatever the length of its text: each text field is first cut
+    /// with [`cut_text`] to [`Encoder::text_budget_bytes`]`(max_seq_len)` bytes, and rounds
+    /// after the first `max_seq_len + 1` tokens are not rendered. Returns the sample and
+    /// whether anything was cut (then the sample is longer than `max_seq_len + 1` tokens and
+    /// its length is a lower bound of the uncut length).
+    ///
+    /// Why the first `max_seq_len + 1` tokens (and their loss) equal those of
+    /// [`Encoder::encode`]: let n = `max_seq_len + 1` and L = [`Encoder::max_token_bytes`].
+    /// Every token covers at most L bytes of text, so the first n tokens of a field lie in its
+    /// first n·L bytes, and a field longer than the budget has more than n tokens whether
+    /// cut or not (so the overlong policy decides the same). Tokenization (pre-tokenizer, then
+    /// BPE within each pre-token) can only change at the pre-token spanning the cut, and
+    /// [`cut_text`] cuts at a pre-token boundary (a whitespace character after a non-whitespace
+    /// one, which no GPT-2-style split pattern crosses) at or after byte (n+1)·L, so the
+    /// first n tokens are unaffected. Only when a field has no such boundary in its last
+    /// [`BUDGET_MARGIN_TOKENS`]·L bytes before the budget (one word longer than that) is the
+    /// cut made mid-pre-token, [`BUDGET_MARGIN_TOKENS`] tokens past the n-th: exact unless BPE
+    /// merges propagate a change that far back.
+    pub fn encode_bounded(&self, content: &Content, max_seq_len: usize) -> (Encoded, bool) {
+        self.render(content, Some(max_seq_len))
+    }
+
+    /// Longest token of the vocabulary (added tokens included), in bytes of its decoded text,
+    /// at least 1.
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes
+    }
+
+    /// Bytes of one text field kept by [`Encoder::encode_bounded`]:
+    /// (`max_seq_len` + 1 + [`BUDGET_MARGIN_TOKENS`]) · [`Encoder::max_token_bytes`] +
+    /// [`BUDGET_MARGIN_BYTES`] (saturating).
+    pub fn text_budget_bytes(&self, max_seq_len: usize) -> usize {
+        max_seq_len
+            .saturating_add(1 + BUDGET_MARGIN_TOKENS)
+            .saturating_mul(self.max_token_bytes)
+            .saturating_add(BUDGET_MARGIN_BYTES)
+    }
+
+    /// Renders `content`; with `Some(max_seq_len)` text fields are cut to the budget and
+    /// rounds after `max_seq_len + 1` tokens are left out. Returns whether anything was cut.
+    fn render(&self, content: &Content, max_seq_len: Option<usize>) -> (Encoded, bool) {
         let m = &self.markers;
         let mut out = Encoded::default();
+        let mut cut = false;
+        let bounds = max_seq_len.map(|msl| {
+            let floor = msl.saturating_add(2).saturating_mul(self.max_token_bytes);
+            (floor, self.text_budget_bytes(msl), msl.saturating_add(1))
+        });
+        let mut ids = |text: &str| match bounds {
+            Some((floor, budget, _)) => {
+                let kept = cut_text(text, floor, budget);
+                cut |= kept.len() < text.len();
+                self.ids(kept)
+            }
+            None => self.ids(text),
+        };
         match content {
             Content::Text(text) => {
-                out.push(&self.ids(text), 1);
+                out.push(&ids(text), 1);
                 out.push(&[self.eos], 1);
             }
             Content::Chat { system, rounds } => {
                 if let Some(sys) = system.as_ref().or(self.template.default_system.as_ref()) {
                     out.push(&m.system_prefix, 0);
-                    out.push(&self.ids(sys), 0);
+                    out.push(&ids(sys), 0);
                     out.push(&m.system_suffix, 0);
                 }
                 for (user, assistant) in rounds {
+                    if bounds.is_some_and(|(_, _, keep)| out.tokens.len() > keep) {
+                        // Everything from here on would be truncated away.
+                        cut = true;
+                        break;
+                    }
                     out.push(&m.user_prefix, 0);
-                    out.push(&self.ids(user), 0);
+                    out.push(&ids(user), 0);
                     out.push(&m.user_suffix, 0);
                     out.push(&m.assistant_prefix, 0);
-                    out.push(&self.ids(assistant), 1);
+                    out.push(&ids(assistant), 1);
                     out.push(&[self.eos], 1);
                     out.push(&m.assistant_suffix, 0);
                 }
             }
         }
-        out
+        (out, cut)
     }
 
     /// The EOS id that ends each assistant turn.
@@ -179,6 +252,53 @@ impl Encoder {
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
+}
+
+/// `text` cut to at most `budget` bytes, for [`Encoder::encode_bounded`]: at the last
+/// pre-token boundary in `floor..=budget` (a byte offset where an ASCII whitespace character
+/// follows a non-whitespace character), else at the last char boundary at or before `budget`.
+/// `text` itself when it is not longer than `budget`.
+///
+/// ```
+/// use data::tokenize::cut_text;
+/// assert_eq!(cut_text("short", 0, 10), "short");
+/// assert_eq!(cut_text("aaa bbb ccc", 2, 9), "aaa bbb");
+/// assert_eq!(cut_text("aaaaaaaaaa", 2, 5), "aaaaa");
+/// assert_eq!(cut_text("ééééé", 0, 5), "éé"); // never inside a character
+/// ```
+pub fn cut_text(text: &str, floor: usize, budget: usize) -> &str {
+    if text.len() <= budget {
+        return text;
+    }
+    let mut end = budget;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let bytes = text.as_bytes();
+    let mut i = end;
+    while i >= floor.max(1) {
+        if bytes[i].is_ascii_whitespace()
+            && text[..i]
+                .chars()
+                .next_back()
+                .is_some_and(|c| !c.is_whitespace())
+        {
+            return &text[..i];
+        }
+        i -= 1;
+    }
+    &text[..end]
+}
+
+/// Longest decoded token of `tokenizer` in bytes (at least 1).
+fn longest_token_bytes(tokenizer: &Tokenizer) -> usize {
+    let n = tokenizer.get_vocab_size(true) as u32;
+    (0..n)
+        .filter_map(|id| tokenizer.decode(&[id], false).ok())
+        .map(|t| t.len())
+        .max()
+        .unwrap_or(1)
+        .max(1)
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -1,6 +1,7 @@
 //! `coba-dist data stats`: per-task sample and token counts of a data setup (see the `data`
 //! crate's `stats` module), as a table or, with `--json`, `{"tasks": [{"name", "train",
-//! "valid", "test", ...}], ...}`.
+//! "valid", "test", ...}], "warnings": [...], ...}`. A task reduced to zero samples is
+//! reported (with a `warning:` line under the table), not an error.
 
 use super::ExitError;
 use ::data::config::{DataConfig, OnBadLine, TemplatePreset};
@@ -18,18 +19,28 @@ pub struct DataArgs {
 
 #[derive(Debug, Subcommand)]
 enum DataCommand {
-    /// Per task: samples per split, prompt/completion tokens, longest sample,
-    /// truncated/dropped/skipped counts, mixing probability.
+    /// Per task: samples kept per split, prompt/completion tokens, longest sample,
+    /// truncated, dropped by reason, skipped by reason, mixing probability.
     Stats(StatsArgs),
 }
 
-/// Arguments of `data stats`: either `--config F` or `--tokenizer T --task NAME=PATH...`.
+/// Arguments of `data stats`: either `--config F [--set KEY=VALUE...]` or
+/// `--tokenizer T --task NAME=PATH...`.
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     /// A training configuration: its tokenizer, tasks and `[data]` settings (other flags
-    /// except --json are ignored).
+    /// except --set and --json are ignored).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["tokenizer", "tasks"])]
     config: Option<PathBuf>,
+    /// Override one key of --config, e.g. `--set data.max_seq_len=512` (repeatable; as for
+    /// training: wins over the file and COBA_* environment variables).
+    #[arg(
+        long = "set",
+        value_name = "KEY=VALUE",
+        requires = "config",
+        conflicts_with_all = ["tokenizer", "tasks"]
+    )]
+    set: Vec<String>,
     /// tokenizer.json (e.g. data/tokenizers/smollm2/tokenizer.json).
     #[arg(long, value_name = "T", required_unless_present = "config")]
     tokenizer: Option<PathBuf>,
@@ -73,7 +84,7 @@ fn bad_input(error: impl Into<anyhow::Error>) -> ExitError {
 fn stats(args: &StatsArgs) -> Result<(), ExitError> {
     let (cfg, tokenizer) = match (&args.config, &args.tokenizer) {
         (Some(path), _) => {
-            let train = super::train::load_config(Some(path), &[])?;
+            let train = super::train::load_config(Some(path), &args.set)?;
             (train.data_config(), train.model.tokenizer)
         }
         (None, Some(tokenizer)) => {
