@@ -1,27 +1,14 @@
 //! `coba-dist data stats` end to end (issue 12, item 10: `--set` overrides on `--config`).
 
+mod harness;
+
+use harness::{coba_dist, text};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn tokenizer_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/tokenizers/smollm2/tokenizer.json")
-}
-
-fn coba_dist(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_coba-dist"))
-        .args(args)
-        .output()
-        .expect("run coba-dist")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// A config with one task: `short` samples of a few tokens and `long` samples of about 200

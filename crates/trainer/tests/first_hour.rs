@@ -34,21 +34,44 @@ fn errors_under_mpirun_malformed_data_line_is_printed() {
     assert_eq!(err.matches("coba-dist: error").count(), 1, "{err}");
 }
 
+/// `mpirun -n 2` with micro-batch 2 (the single-process global batch) for 3 steps, then
+/// `extra`; `false` when MPI is unavailable (the harness says why, and fails under CI).
+fn first_three_steps_on_two_ranks(job: &Job, extra: &[&str]) -> bool {
+    let args = [
+        &[
+            "--set",
+            "train.micro_batch_size=2",
+            "--set",
+            "train.max_steps=3",
+        ],
+        extra,
+    ];
+    match job.mpirun(2, &args.concat()) {
+        Some(o) => {
+            ok(&o);
+            true
+        }
+        None => false,
+    }
+}
+
+/// `mpirun -n 2 ... --resume auto` with micro-batch 2 and `extra` (6 steps unless `extra`
+/// says otherwise).
+fn resume_on_two_ranks(job: &Job, extra: &[&str]) -> Output {
+    let args = [
+        &["--resume", "auto", "--set", "train.micro_batch_size=2"],
+        extra,
+    ];
+    job.mpirun(2, &args.concat())
+        .expect("MPI was there for the first run")
+}
+
 #[test]
 fn errors_under_mpirun_task_order_mismatch_on_resume_is_printed() {
     let job = Job::new("");
-    let Some(o) = job.mpirun(
-        2,
-        &[
-            "--set",
-            "train.max_steps=3",
-            "--set",
-            "train.micro_batch_size=2",
-        ],
-    ) else {
+    if !first_three_steps_on_two_ranks(&job, &[]) {
         return;
-    };
-    ok(&o);
+    }
     // The same tasks in another order.
     let toml = std::fs::read_to_string(job.config()).unwrap();
     let start = toml.find("tasks = [").unwrap();
@@ -62,12 +85,7 @@ fn errors_under_mpirun_task_order_mismatch_on_resume_is_printed() {
         .join(", ");
     let toml = format!("{}tasks = [{swapped}]{}", &toml[..start], &toml[end..]);
     std::fs::write(job.config(), toml).unwrap();
-    let o = job
-        .mpirun(
-            2,
-            &["--resume", "auto", "--set", "train.micro_batch_size=2"],
-        )
-        .unwrap();
+    let o = resume_on_two_ranks(&job, &[]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
@@ -81,22 +99,11 @@ fn errors_under_mpirun_task_order_mismatch_on_resume_is_printed() {
 #[test]
 fn resume_refuses_another_architecture_naming_both_values() {
     let job = Job::new("");
-    let mb = ["--set", "train.micro_batch_size=2"];
-    let Some(o) = job.mpirun(2, &[&mb[..], &["--set", "train.max_steps=3"]].concat()) else {
+    if !first_three_steps_on_two_ranks(&job, &[]) {
         return;
-    };
-    ok(&o);
+    }
     let before = std::fs::read_to_string(job.out().join("config.toml")).unwrap();
-    let o = job
-        .mpirun(
-            2,
-            &[
-                &mb[..],
-                &["--resume", "auto", "--set", "model.arch.hidden_size=32"],
-            ]
-            .concat(),
-        )
-        .unwrap();
+    let o = resume_on_two_ranks(&job, &["--set", "model.arch.hidden_size=32"]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
@@ -114,35 +121,11 @@ fn resume_refuses_another_architecture_naming_both_values() {
 #[test]
 fn resume_refuses_a_cosine_schedule_over_other_steps() {
     let job = Job::new("");
-    let Some(o) = job.mpirun(
-        2,
-        &[
-            "--set",
-            "train.micro_batch_size=2",
-            "--set",
-            "train.lr_schedule=\"cosine\"",
-            "--set",
-            "train.max_steps=3",
-        ],
-    ) else {
+    let cosine = ["--set", "train.lr_schedule=\"cosine\""];
+    if !first_three_steps_on_two_ranks(&job, &cosine) {
         return;
-    };
-    ok(&o);
-    let o = job
-        .mpirun(
-            2,
-            &[
-                "--resume",
-                "auto",
-                "--set",
-                "train.micro_batch_size=2",
-                "--set",
-                "train.lr_schedule=\"cosine\"",
-                "--set",
-                "train.max_steps=6",
-            ],
-        )
-        .unwrap();
+    }
+    let o = resume_on_two_ranks(&job, &cosine);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
@@ -158,16 +141,11 @@ fn resume_refuses_a_cosine_schedule_over_other_steps() {
 #[test]
 fn resume_with_more_steps_at_a_constant_rate_is_logged_and_updates_the_header() {
     let job = Job::new("");
-    let mb = ["--set", "train.micro_batch_size=2"];
-    let Some(o) = job.mpirun(2, &[&mb[..], &["--set", "train.max_steps=3"]].concat()) else {
+    if !first_three_steps_on_two_ranks(&job, &[]) {
         return;
-    };
-    ok(&o);
+    }
     assert_eq!(job.header()["total_steps"], 3);
-    let o = job
-        .mpirun(2, &[&mb[..], &["--resume", "auto"]].concat())
-        .unwrap();
-    let text = ok(&o);
+    let text = ok(&resume_on_two_ranks(&job, &[]));
     assert!(text.contains("instead of 3"), "{text}");
     assert_eq!(job.header()["total_steps"], 6);
     // Every step once, in order, after the rewritten header.
@@ -380,4 +358,103 @@ fn smaller_safetensors_files_get_the_usual_permissions() {
     ] {
         assert_eq!(mode(&f), usual, "{}", f.display());
     }
+}
+
+// Item 6: data loss is reported at startup and in summary.json.
+
+#[test]
+fn data_loss_is_logged_and_kept_in_the_summary() {
+    let job = Job::new("");
+    // `echo`: 32 train lines, 2 usable valid lines, 5 valid lines whose prompt alone fills
+    // max_seq_len (24 tokens: 60 words), 3 malformed lines.
+    let p = job.dir.path().join("echo.jsonl");
+    let mut f = std::fs::File::create(&p).unwrap();
+    let line = |prompt: String, split: &str| {
+        serde_json::json!({"prompt": prompt, "completion": "ok", "split": split}).to_string()
+    };
+    for i in 0..32 {
+        writeln!(f, "{}", line(format!("repeat {i}"), "train")).unwrap();
+    }
+    for i in 0..2 {
+        writeln!(f, "{}", line(format!("repeat {i}"), "valid")).unwrap();
+    }
+    for _ in 0..5 {
+        writeln!(f, "{}", line("word ".repeat(60), "valid")).unwrap();
+    }
+    for _ in 0..3 {
+        writeln!(f, "{{\"prompt\": ").unwrap();
+    }
+    drop(f);
+    let o = job.run(&[
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "data.on_bad_line=\"skip\"",
+    ]);
+    let text = ok(&o);
+    assert!(
+        text.contains("task `echo`: train 32/32, valid 2/7"),
+        "per-task line: {text}"
+    );
+    assert!(text.contains("shrank from 7 records to 2"), "{text}");
+    assert!(text.contains("fewer than the probe's 4"), "{text}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&file_bytes(&job.out().join("summary.json"))).unwrap();
+    let echo = &summary["data"]["tasks"][1];
+    assert_eq!(echo["name"], "echo");
+    assert_eq!(echo["valid"], 2);
+    assert_eq!(echo["dropped_no_loss_token"], 5);
+    assert_eq!(echo["dropped_overlong"], 0);
+    let skipped: u64 = echo["skipped"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(skipped, 3);
+    let warnings = summary["data"]["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("skipped")),
+        "{warnings:?}"
+    );
+}
+
+// Item 7: eval does not apply the training policy's requirements.
+
+#[test]
+fn eval_without_train_samples_evaluates_the_valid_split() {
+    let job = Job::new("");
+    ok(&job.run(&["--set", "train.max_steps=2"]));
+    // Only the validation lines of a task file.
+    let all = std::fs::read_to_string(job.dir.path().join("add.jsonl")).unwrap();
+    let valid: Vec<&str> = all.lines().filter(|l| l.contains("\"valid\"")).collect();
+    assert_eq!(valid.len(), 8);
+    let p = job.dir.path().join("add-valid.jsonl");
+    std::fs::write(&p, valid.join("\n")).unwrap();
+    let o = Command::new(bin())
+        .args(["eval", "--json", "--split", "valid", "--model"])
+        .arg(job.out().join("best"))
+        .arg("--task")
+        .arg(format!("add={}", p.display()))
+        .output()
+        .unwrap();
+    ok(&o);
+    let only: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The same 8 samples inside the full file give the same result.
+    let o = Command::new(bin())
+        .args(["eval", "--json", "--split", "valid", "--model"])
+        .arg(job.out().join("best"))
+        .arg("--task")
+        .arg(format!(
+            "add={}",
+            job.dir.path().join("add.jsonl").display()
+        ))
+        .output()
+        .unwrap();
+    ok(&o);
+    let full: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(only["tasks"][0]["tokens"], full["tasks"][0]["tokens"]);
+    assert_eq!(only["tasks"][0]["nll"], full["tasks"][0]["nll"]);
 }

@@ -164,7 +164,9 @@ pub fn run(args: &EvalArgs) -> Result<(), ExitError> {
     })?;
     let comm: &dyn Communicator = &*comm;
     let enc = Encoder::from_file(&tokenizer, &cfg.template).map_err(bad_input)?;
-    let ds = ::data::dataset::load(&cfg, &enc).map_err(bad_input)?;
+    // Only the evaluated split must have samples (the training policy's needs do not apply).
+    let ds = ::data::dataset::load_with(&cfg, &enc, ::data::dataset::Needs::Split(split))
+        .map_err(bad_input)?;
     check_split(&ds, split, &cfg)?;
     let model = model_path::load(&model_arg)?;
     check_vocab(&ds, split, &model, &tokenizer, &model_arg)?;

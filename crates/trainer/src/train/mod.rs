@@ -21,6 +21,7 @@
 //! Before step 0 a full validation pass gives `l_i(0)`.
 
 pub mod config;
+pub mod data_report;
 pub mod evaluate;
 pub mod lock;
 pub mod metrics;
@@ -88,6 +89,10 @@ pub struct Summary {
     pub method: String,
     /// Ranks.
     pub world_size: usize,
+    /// What the data pipeline kept, truncated, dropped and skipped per task, and the warnings
+    /// logged at startup (absent in summaries of older versions).
+    #[serde(default)]
+    pub data: data_report::DataReport,
 }
 
 fn all_ranks(e: impl Into<anyhow::Error>) -> anyhow::Error {
@@ -171,6 +176,10 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
     let _lock = lock_output_dir(out, comm)?;
     preflight(cfg, resume).map_err(bad_input)?;
     let (enc, ds) = load_data(cfg).map_err(bad_input)?;
+    let data_report = data_report::DataReport::new(&ds, cfg.data_config().probe_samples_per_task);
+    if rank0 {
+        data_report.log();
+    }
     let k = ds.num_tasks();
     let names: Vec<String> = ds.tasks.iter().map(|t| t.name.clone()).collect();
     let mut model = build_model(cfg, enc.vocab_size()).map_err(bad_input)?;
@@ -654,6 +663,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
         wall_time_s: t_start.elapsed().as_secs_f64(),
         method: wcfg.method.as_str().into(),
         world_size: comm.world_size(),
+        data: data_report,
     };
     // A resumed run that had nothing left to do keeps the summary and plots it already has.
     if rank0 && st.next_step > first_step {

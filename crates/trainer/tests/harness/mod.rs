@@ -196,12 +196,7 @@ threads = 1
 }
 
 pub fn ok(o: &Output) -> String {
-    let text = format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let text = text(o);
     assert!(o.status.success(), "{text}");
     text
 }
@@ -240,4 +235,22 @@ pub fn params(dir: &Path) -> BTreeMap<String, Vec<f32>> {
     t.into_iter()
         .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
         .collect()
+}
+
+/// `coba-dist ARGS` (no job), its output.
+pub fn coba_dist(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run coba-dist")
+}
+
+/// Status, stdout and stderr of a finished command, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
