@@ -33,6 +33,7 @@ mod baselines;
 mod coba;
 mod error;
 mod math;
+mod message;
 mod schedule;
 mod weighter;
 mod window;
@@ -40,6 +41,7 @@ mod window;
 pub use baselines::{Dwa, Famo, Lbtw, Uniform, DWA_TEMPERATURE, FAMO_DECAY, FAMO_LR, LBTW_BETA};
 pub use coba::{Coba, CobaConfig, CobaExplain, Variant, MAX_TAU};
 pub use error::WeightError;
+pub use message::WeightMessage;
 pub use schedule::{Schedule, Source};
 pub use weighter::{
     Computed, Method, MethodKind, Probe, StepWeights, TaskWeighter, Weighter, WeighterConfig,

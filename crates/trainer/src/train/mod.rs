@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod data_report;
+pub mod early_stopping;
 pub mod evaluate;
 pub mod lock;
 pub mod metrics;
@@ -361,7 +362,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
         let signalled = counts[k + 1] > 0.0;
 
         // 2. Weights from rank 0.
-        let mut wbuf = vec![0.0f64; k + 2];
+        let mut wbuf = vec![0.0f64; coba::WeightMessage::encoded_len(k)];
         let mut sw = None;
         let mut weight_s = 0.0;
         if rank0 {
@@ -370,22 +371,15 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
                 .weighter
                 .weights_for_step(c)
                 .map_err(|e| anyhow!("weights for step {c}: {e}"))?;
-            wbuf[0] = c as f64;
-            wbuf[1] = source_code(w.source);
-            wbuf[2..].copy_from_slice(&w.weights);
+            wbuf = coba::WeightMessage::from(&w).encode();
             sw = Some(w);
             weight_s = tw.elapsed().as_secs_f64();
         }
         let tc = Instant::now();
         comm.broadcast_f64(&mut wbuf, 0)?;
         comm_s += tc.elapsed().as_secs_f64();
-        if wbuf[0] != c as f64 {
-            bail!(
-                "rank 0 sent the weights of step {} during step {c}",
-                wbuf[0]
-            );
-        }
-        let weights = &wbuf[2..];
+        let msg = coba::WeightMessage::decode(&wbuf, c).context("rank 0's weight broadcast")?;
+        let weights = &msg.weights;
         let present_w: f64 = (0..k)
             .filter(|&i| counts[i] > 0.0)
             .map(|i| weights[i])
@@ -481,7 +475,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
             "weights".into(),
             per_task(&names, weights.iter().map(|w| Some(*w))),
         );
-        rec.insert("weights_source".into(), json!(source_name(wbuf[1])));
+        rec.insert("weights_source".into(), json!(msg.source.as_str()));
         rec.insert("grad_norm".into(), json!(grad_norm));
         rec.insert("tokens".into(), json!(tokens));
         rec.insert("tokens_per_s".into(), json!(tokens / step_time));
@@ -561,14 +555,13 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
                     "non-finite validation loss after step {c}; stopping every rank"
                 )));
             }
-            if st.best.is_none_or(|(_, b)| mean < b) {
-                st.best = Some((st.next_step, mean));
-                st.evals_since_best = 0;
-                new_best = true;
-            } else {
-                st.evals_since_best += 1;
-                early_stop = t.early_stopping_patience > 0
-                    && st.evals_since_best >= t.early_stopping_patience;
+            let es = early_stopping::EarlyStopping {
+                patience: t.early_stopping_patience,
+            };
+            match es.observe(&mut st.best, &mut st.evals_since_best, st.next_step, mean) {
+                early_stopping::Verdict::NewBest => new_best = true,
+                early_stopping::Verdict::Stop => early_stop = true,
+                early_stopping::Verdict::NoImprovement => {}
             }
             rec.insert(
                 "val_loss".into(),
@@ -693,22 +686,6 @@ fn write_plots(out: &Path) -> Result<()> {
     let written = crate::plot::draw::write_plots(&metrics, &dir, &opts)?;
     tracing::info!("wrote {} plots in {}", written.len(), dir.display());
     Ok(())
-}
-
-fn source_code(s: coba::Source) -> f64 {
-    match s {
-        coba::Source::Warmup => 0.0,
-        coba::Source::Computed => 1.0,
-        coba::Source::Carried => 2.0,
-    }
-}
-
-fn source_name(code: f64) -> &'static str {
-    match code as u8 {
-        0 => "warmup",
-        1 => "computed",
-        _ => "carried",
-    }
 }
 
 fn snapshot(model: &Model, opt: &AdamW, st: &TrainState) -> Result<Snapshot> {
