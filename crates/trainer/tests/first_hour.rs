@@ -145,9 +145,14 @@ fn resume_with_more_steps_at_a_constant_rate_is_logged_and_updates_the_header() 
         return;
     }
     assert_eq!(job.header()["total_steps"], 3);
-    let text = ok(&resume_on_two_ranks(&job, &[]));
+    // Resumed on one rank (micro-batch 4: the same global batch of 4 rows).
+    let text = ok(&job.run(&["--resume", "auto"]));
     assert!(text.contains("instead of 3"), "{text}");
     assert_eq!(job.header()["total_steps"], 6);
+    // The checkpoints now name the ranks that wrote them.
+    let st: serde_json::Value =
+        serde_json::from_slice(&file_bytes(&job.checkpoint(6).join("state.json"))).unwrap();
+    assert_eq!(st["world_size"], 1);
     // Every step once, in order, after the rewritten header.
     assert_eq!(
         job.steps().keys().copied().collect::<Vec<_>>(),
@@ -155,6 +160,52 @@ fn resume_with_more_steps_at_a_constant_rate_is_logged_and_updates_the_header() 
     );
     let lines = std::fs::read_to_string(job.out().join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 7);
+}
+
+#[test]
+fn resume_refuses_fewer_steps_than_done_or_another_probe_size() {
+    let job = Job::new("");
+    ok(&job.run(&["--set", "train.max_steps=6"]));
+    let o = job.run(&["--resume", "auto", "--set", "train.max_steps=4"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("6 steps done, more than the 4 steps"),
+        "{}",
+        stderr(&o)
+    );
+    let o = job.run(&[
+        "--resume",
+        "auto",
+        "--set",
+        "train.max_steps=9",
+        "--set",
+        "coba.probe_samples_per_task=8",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("probe takes 4 validation samples per task, the config 8"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(job.steps().len(), 6);
+    assert_eq!(job.header()["total_steps"], 6);
+}
+
+#[test]
+fn resume_without_the_runs_metrics_is_refused_before_writing() {
+    let job = Job::new("");
+    ok(&job.run(&["--set", "train.max_steps=3"]));
+    let config_before = std::fs::read(job.out().join("config.toml")).unwrap();
+    std::fs::remove_file(job.out().join("metrics.jsonl")).unwrap();
+    let o = job.run(&["--resume", "auto", "--set", "train.max_steps=9"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("model.path"), "{err}");
+    assert!(!job.out().join("metrics.jsonl").exists());
+    assert_eq!(
+        std::fs::read(job.out().join("config.toml")).unwrap(),
+        config_before
+    );
 }
 
 // Item 4: one run per output_dir.

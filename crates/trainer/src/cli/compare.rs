@@ -202,7 +202,19 @@ pub fn run(args: &CompareArgs) -> Result<(), ExitError> {
                 cfg.output_dir.display()
             );
         }
-        crate::train::run(&cfg, comm, None).map_err(|e| fail(comm, e))?;
+        let summary = crate::train::run(&cfg, comm, None).map_err(|e| fail(comm, e))?;
+        if summary.stopped_by == "signal" {
+            // Every rank saw the signal at the same step (it rides on the step's all-reduce).
+            return Err(ExitError {
+                code: 1,
+                error: anyhow::anyhow!(
+                    "compare: method {m} stopped by a signal after {} steps; the remaining \
+                     methods were not run and no comparison was written (re-run compare, \
+                     or `compare --no-run` to tabulate what finished)",
+                    summary.steps
+                ),
+            });
+        }
         if comm.rank() == 0 {
             stats.push(
                 run_stats(m.as_str(), &cfg.output_dir)

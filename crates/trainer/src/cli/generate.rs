@@ -139,9 +139,13 @@ pub fn run(args: &GenerateArgs) -> Result<(), ExitError> {
             ),
             None => "--max-new-tokens is 0".to_string(),
         };
+        let advice = if stopped_at.is_some() {
+            "; try another prompt, --temperature > 0, or --raw"
+        } else {
+            ""
+        };
         tracing::warn!(
-            "the model generated 0 tokens: {why} (template {}; try another prompt, \
-             --temperature > 0, or --raw)",
+            "the model generated 0 tokens: {why} (template {}{advice})",
             template_name(&template_cfg)
         );
     }

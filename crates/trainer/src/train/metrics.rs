@@ -123,6 +123,20 @@ impl MetricsWriter {
         Ok(())
     }
 
+    /// The value of `key` in the header (line 1), if the file has one and it parses.
+    pub fn header_value(&self, key: &str) -> Option<Value> {
+        use std::io::BufRead;
+        if self.offset == 0 {
+            return None;
+        }
+        let mut line = Vec::new();
+        std::io::BufReader::new(File::open(&self.path).ok()?)
+            .read_until(b'\n', &mut line)
+            .ok()?;
+        let header: Value = serde_json::from_slice(&line).ok()?;
+        header.get(key).cloned()
+    }
+
     /// Bytes written so far (including what was kept).
     pub fn offset(&self) -> u64 {
         self.offset

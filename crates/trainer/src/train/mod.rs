@@ -227,7 +227,14 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
     let (mut opt, mut st) = match &ckpt {
         Some(dir) => {
             let st = state::read_state(dir).map_err(bad_input)?;
-            check_compatible(&st, &names, shard.global_rows(), &wcfg, dir).map_err(bad_input)?;
+            let kept = Kept {
+                names: &names,
+                global_rows: shard.global_rows(),
+                wcfg: &wcfg,
+                probe_per_task: dc.probe_samples_per_task,
+                total_steps,
+            };
+            check_compatible(&st, &kept, dir).map_err(bad_input)?;
             resume_rules::check_schedule(&st, &lr_schedule, total_steps, dir).map_err(bad_input)?;
             let saved = load_model(dir, DType::F32, &Device::Cpu)
                 .with_context(|| format!("loading {}", dir.display()))
@@ -267,6 +274,7 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
                 lr_schedule: Some(lr_schedule),
                 total_steps: Some(total_steps),
                 metrics_header_len: None,
+                probe_samples_per_task: Some(dc.probe_samples_per_task),
             };
             let opt = AdamW::new(AdamWConfig {
                 beta1: t.beta1,
@@ -278,9 +286,11 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
         }
     };
     let n_params = model.num_parameters();
-    let total_changed = st.total_steps.filter(|&was| was != total_steps);
     st.lr_schedule = Some(lr_schedule);
     st.total_steps = Some(total_steps);
+    st.probe_samples_per_task = Some(dc.probe_samples_per_task);
+    // The ranks of this run write the next checkpoints (the global batch is what must stay).
+    st.world_size = comm.world_size();
     let mut metrics = if rank0 {
         std::fs::write(out.join("config.toml"), cfg.to_toml())
             .with_context(|| format!("write {}", out.join("config.toml").display()))?;
@@ -289,6 +299,12 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
             st.metrics_offset,
             st.metrics_header_len,
         )?;
+        // The header itself says what it holds (a resume from an older checkpoint may follow
+        // a rewrite): rewrite it whenever it disagrees with this run.
+        let total_changed = w
+            .header_value("total_steps")
+            .and_then(|v| v.as_u64())
+            .filter(|&was| ckpt.is_some() && was != total_steps);
         if let Some(was) = total_changed {
             tracing::info!(
                 "resuming with {total_steps} total steps instead of {was}: the learning rate \
@@ -704,21 +720,57 @@ fn snapshot(model: &Model, opt: &AdamW, st: &TrainState) -> Result<Snapshot> {
     })
 }
 
-fn check_compatible(
-    st: &TrainState,
-    names: &[String],
+/// The settings a resume must keep besides architecture and LR schedule (see
+/// `resume_rules`): weighting, probe size, tasks, global batch, and no fewer steps than done.
+struct Kept<'a> {
+    names: &'a [String],
     global_rows: usize,
-    wcfg: &coba::WeighterConfig,
-    dir: &Path,
-) -> Result<()> {
+    wcfg: &'a coba::WeighterConfig,
+    probe_per_task: usize,
+    total_steps: u64,
+}
+
+fn check_compatible(st: &TrainState, kept: &Kept<'_>, dir: &Path) -> Result<()> {
+    let Kept {
+        names,
+        global_rows,
+        wcfg,
+        probe_per_task,
+        total_steps,
+    } = *kept;
     if st.weighting != *wcfg {
+        let show = |w: &coba::WeighterConfig| {
+            serde_json::to_string(w).unwrap_or_else(|_| format!("{w:?}"))
+        };
         bail!(
-            "{}: the checkpoint's weighting settings {:?} differ from the config's {:?} \
+            "{}: the checkpoint's weighting settings {} differ from the config's {} \
              ([coba] method/variant/warmup_steps/history_length/tau/update_interval must stay \
              the same across a resume; \"auto\" values depend on the global batch)",
             dir.display(),
-            st.weighting,
-            wcfg
+            show(&st.weighting),
+            show(wcfg)
+        );
+    }
+    if st
+        .probe_samples_per_task
+        .is_some_and(|p| p != probe_per_task)
+    {
+        bail!(
+            "{}: the checkpoint's probe takes {} validation samples per task, the config {} \
+             (coba.probe_samples_per_task / data.probe_samples_per_task must stay the same \
+             across a resume: the probe losses CoBa fits would change)",
+            dir.display(),
+            st.probe_samples_per_task.unwrap_or_default(),
+            probe_per_task
+        );
+    }
+    if st.next_step > total_steps {
+        bail!(
+            "{}: the checkpoint has {} steps done, more than the {total_steps} steps the config \
+             asks for (max_steps/epochs): a resume cannot undo steps; use the checkpoint of \
+             step {total_steps} (--resume DIR) if it was kept, or `best/`",
+            dir.display(),
+            st.next_step
         );
     }
     if st.tasks != names {
@@ -848,6 +900,40 @@ fn resolve_resume(
 }
 
 fn pick_checkpoint(cfg: &TrainConfig, resume: &Resume) -> Result<Option<PathBuf>> {
+    let picked = pick_whole_checkpoint(cfg, resume)?;
+    if let Some(dir) = &picked {
+        check_metrics_file(cfg, &state::read_state(dir)?, dir)?;
+    }
+    Ok(picked)
+}
+
+/// The run's `metrics.jsonl` must still hold what the checkpoint recorded (its step lines),
+/// else the checkpoint belongs to another `output_dir` or the file was removed; checked before
+/// anything is written.
+fn check_metrics_file(cfg: &TrainConfig, st: &TrainState, dir: &Path) -> Result<()> {
+    if st.metrics_offset == 0 {
+        return Ok(());
+    }
+    let p = cfg.output_dir.join("metrics.jsonl");
+    let len = std::fs::metadata(&p).map_or(0, |m| m.len());
+    // A lower bound: the header may have been rewritten since (another length).
+    let body = st.metrics_offset - st.metrics_header_len.unwrap_or(0).min(st.metrics_offset);
+    if len <= body {
+        bail!(
+            "{}: the checkpoint was written after {} bytes of {}, which now has {len}: the \
+             checkpoint belongs to another output_dir, or metrics.jsonl was removed or cut. \
+             Restore the file, or start a new run from the checkpoint's weights with \
+             model.path = \"{}\"",
+            dir.display(),
+            st.metrics_offset,
+            p.display(),
+            dir.join("model").display()
+        );
+    }
+    Ok(())
+}
+
+fn pick_whole_checkpoint(cfg: &TrainConfig, resume: &Resume) -> Result<Option<PathBuf>> {
     match resume {
         Resume::Path(p) => state::verify_checkpoint(p)
             .map(|_| Some(p.clone()))

@@ -68,6 +68,10 @@ pub struct TrainState {
     /// (a resume that rewrites the header moves the offset by the difference).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_header_len: Option<u64>,
+    /// Validation samples per task in one probe (absent in older checkpoints): a resume must
+    /// keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_samples_per_task: Option<usize>,
 }
 
 /// An in-memory copy of everything a checkpoint holds, cheap to take between steps.
