@@ -14,6 +14,13 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The stderr of a run that must have been refused as bad input (exit 2).
+fn refused(o: &Output) -> String {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    err
+}
+
 fn append_line(path: &Path, line: &str) {
     let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
     writeln!(f, "{line}").unwrap();
@@ -26,8 +33,7 @@ fn errors_under_mpirun_malformed_data_line_is_printed() {
     let job = Job::new("");
     append_line(&job.dir.path().join("echo.jsonl"), "{\"prompt\": \"x\",");
     let Some(o) = job.mpirun(2, &[]) else { return };
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let err = refused(&o);
     assert!(err.contains("coba-dist: error"), "{err}");
     assert!(err.contains("echo.jsonl:41"), "the file and line: {err}");
     // Printed once (by rank 0), not once per rank.
@@ -86,8 +92,7 @@ fn errors_under_mpirun_task_order_mismatch_on_resume_is_printed() {
     let toml = format!("{}tasks = [{swapped}]{}", &toml[..start], &toml[end..]);
     std::fs::write(job.config(), toml).unwrap();
     let o = resume_on_two_ranks(&job, &[]);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let err = refused(&o);
     assert!(
         err.contains("coba-dist: error") && err.contains("tasks"),
         "{err}"
@@ -104,8 +109,7 @@ fn resume_refuses_another_architecture_naming_both_values() {
     }
     let before = std::fs::read_to_string(job.out().join("config.toml")).unwrap();
     let o = resume_on_two_ranks(&job, &["--set", "model.arch.hidden_size=32"]);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let err = refused(&o);
     assert!(
         err.contains("hidden_size: checkpoint 16, config 32"),
         "names the field and both values: {err}"
@@ -126,8 +130,7 @@ fn resume_refuses_a_cosine_schedule_over_other_steps() {
         return;
     }
     let o = resume_on_two_ranks(&job, &cosine);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let err = refused(&o);
     assert!(
         err.contains("over 3 steps") && err.contains("over 6 steps"),
         "names both schedules: {err}"
@@ -198,8 +201,7 @@ fn resume_without_the_runs_metrics_is_refused_before_writing() {
     let config_before = std::fs::read(job.out().join("config.toml")).unwrap();
     std::fs::remove_file(job.out().join("metrics.jsonl")).unwrap();
     let o = job.run(&["--resume", "auto", "--set", "train.max_steps=9"]);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let err = refused(&o);
     assert!(err.contains("model.path"), "{err}");
     assert!(!job.out().join("metrics.jsonl").exists());
     assert_eq!(
@@ -246,8 +248,7 @@ fn output_dir_lock_refuses_a_second_run_under_mpirun() {
         .status()
         .unwrap();
     let a_out = a.wait_with_output().unwrap();
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let err = refused(&o);
     assert!(err.contains("in use by another run"), "{err}");
     assert!(
         err.contains(&format!("pid {}", holder["pid"])),
@@ -369,8 +370,7 @@ fn smaller_missing_path_error_is_printed_once() {
     let job = Job::new("");
     std::fs::remove_file(job.dir.path().join("words.jsonl")).unwrap();
     let o = job.run(&[]);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let err = refused(&o);
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
 
@@ -385,8 +385,7 @@ fn smaller_eval_accepts_set() {
         .arg(format!("output_dir={:?}", gone.display().to_string()))
         .output()
         .unwrap();
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let err = refused(&o);
     // The default model is output_dir/best of the overridden output_dir.
     assert!(
         err.contains(&gone.join("best").display().to_string()),
