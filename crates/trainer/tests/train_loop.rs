@@ -242,8 +242,18 @@ fn a_nan_loss_stops_with_the_step_and_task_and_keeps_the_checkpoint() {
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("step 4") && err.contains("`echo`"), "{err}");
+    assert!(
+        err.contains("the last checkpoint (step 3) is intact"),
+        "{err}"
+    );
     assert!(job.checkpoint(3).join("state.json").is_file());
     assert_eq!(job.steps().keys().max(), Some(&3));
+    // Before any checkpoint, the message says so (it used to say "checkpoint (none)").
+    let job = Job::new("inject_nan = { step = 0, task = \"echo\" }");
+    let o = job.run(&[]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no checkpoint was written yet"), "{err}");
 }
 
 #[test]

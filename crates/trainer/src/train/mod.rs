@@ -447,10 +447,12 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
         if let Some(i) = local.iter().position(|l| !l.nll_sum.is_finite()) {
             return Err(all_ranks(anyhow!(
                 "non-finite training loss at step {c} for task `{}` ({}); stopping every rank, \
-                 the last checkpoint ({}) is intact",
+                 {}",
                 names[i],
                 local[i].nll_sum,
-                last_saved.map_or("none".into(), |s| format!("step {s}"))
+                last_saved.map_or("no checkpoint was written yet".into(), |s| format!(
+                    "the last checkpoint (step {s}) is intact"
+                ))
             )));
         }
         let grad_norm = if t.clip_grad_norm > 0.0 {
