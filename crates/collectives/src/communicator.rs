@@ -118,8 +118,8 @@ pub(crate) fn check_root(
     }
 }
 
-/// This machine's host name, or `unknown`.
-pub(crate) fn host_name() -> String {
+/// This machine's host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`), or `unknown`.
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|s| s.trim().to_owned())

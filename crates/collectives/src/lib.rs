@@ -31,7 +31,7 @@ pub use bucket::{
     all_reduce_grads, all_reduce_map, all_reduce_named, BucketOptions, DEFAULT_BUCKET_BYTES,
 };
 pub use communicator::{
-    exit_on_error, Backend, Communicator, EXIT_COLLECTIVE_TIMEOUT, EXIT_RANK_FAILED,
+    exit_on_error, host_name, Backend, Communicator, EXIT_COLLECTIVE_TIMEOUT, EXIT_RANK_FAILED,
 };
 pub use error::{Error, Result};
 pub use local::Local;

@@ -142,16 +142,7 @@ pub fn run(args: &EvalArgs) -> Result<(), ExitError> {
             };
             cfg.template =
                 model_path::template_for(m, args.template.as_deref()).map_err(bad_input)?;
-            let t = match (&args.tokenizer, model_path::tokenizer_beside(m)) {
-                (Some(t), _) => t.clone(),
-                (None, Some(t)) => t,
-                (None, None) => {
-                    return Err(bad_input(anyhow!(
-                        "--tokenizer is required: {} has no tokenizer.json beside it",
-                        m.display()
-                    )))
-                }
-            };
+            let t = model_path::tokenizer_for(m, args.tokenizer.as_deref()).map_err(bad_input)?;
             (cfg, t, m.clone())
         }
     };

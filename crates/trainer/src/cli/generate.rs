@@ -65,16 +65,8 @@ const EOS_CANDIDATES: [&str; 4] = ["<|endoftext|>", "</s>", "<|end_of_text|>", "
 /// or non-finite temperature, prompt ids outside the model's vocabulary); 1 for a model
 /// failure or a failed write.
 pub fn run(args: &GenerateArgs) -> Result<(), ExitError> {
-    let tokenizer_path = match (&args.tokenizer, model_path::tokenizer_beside(&args.model)) {
-        (Some(t), _) => t.clone(),
-        (None, Some(beside)) => beside,
-        (None, None) => {
-            return Err(bad_input(anyhow!(
-                "--tokenizer is required: {} has no tokenizer.json",
-                args.model.display()
-            )))
-        }
-    };
+    let tokenizer_path =
+        model_path::tokenizer_for(&args.model, args.tokenizer.as_deref()).map_err(bad_input)?;
     if !(args.temperature.is_finite() && args.temperature >= 0.0) {
         return Err(bad_input(anyhow!(
             "--temperature must be a finite number >= 0, got {}",

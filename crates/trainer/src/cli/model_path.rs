@@ -57,8 +57,23 @@ fn beside_dir(model: &Path) -> &Path {
 }
 
 /// `tokenizer.json` beside the model (see [`beside_dir`]), if there is one.
-pub fn tokenizer_beside(model: &Path) -> Option<PathBuf> {
+fn tokenizer_beside(model: &Path) -> Option<PathBuf> {
     Some(beside_dir(model).join("tokenizer.json")).filter(|p| p.is_file())
+}
+
+/// `--tokenizer T` when given, else `tokenizer.json` beside the model.
+///
+/// # Errors
+/// Neither is there (the message says `--tokenizer` is required).
+pub fn tokenizer_for(model: &Path, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match (explicit, tokenizer_beside(model)) {
+        (Some(t), _) => Ok(t.to_path_buf()),
+        (None, Some(beside)) => Ok(beside),
+        (None, None) => Err(anyhow!(
+            "--tokenizer is required: {} has no tokenizer.json beside it",
+            model.display()
+        )),
+    }
 }
 
 /// The template the model was trained with: `template.json` beside it (written into `best/`

@@ -41,7 +41,7 @@ impl MetricsWriter {
             .with_context(|| format!("stat {}", path.display()))?
             .len();
         let header_len = if keep_bytes > 0 {
-            first_line_len(path)?
+            first_line(path)?.len() as u64
         } else {
             0
         };
@@ -125,15 +125,10 @@ impl MetricsWriter {
 
     /// The value of `key` in the header (line 1), if the file has one and it parses.
     pub fn header_value(&self, key: &str) -> Option<Value> {
-        use std::io::BufRead;
         if self.offset == 0 {
             return None;
         }
-        let mut line = Vec::new();
-        std::io::BufReader::new(File::open(&self.path).ok()?)
-            .read_until(b'\n', &mut line)
-            .ok()?;
-        let header: Value = serde_json::from_slice(&line).ok()?;
+        let header: Value = serde_json::from_slice(&first_line(&self.path).ok()?).ok()?;
         header.get(key).cloned()
     }
 
@@ -148,13 +143,14 @@ impl MetricsWriter {
     }
 }
 
-fn first_line_len(path: &Path) -> Result<u64> {
+/// Line 1 of `path` with its newline (the header).
+fn first_line(path: &Path) -> Result<Vec<u8>> {
     use std::io::BufRead;
     let mut line = Vec::new();
     std::io::BufReader::new(File::open(path).with_context(|| format!("open {}", path.display()))?)
         .read_until(b'\n', &mut line)
         .with_context(|| format!("read {}", path.display()))?;
-    Ok(line.len() as u64)
+    Ok(line)
 }
 
 /// `{task: value}` with `null` for a missing (`None`) or non-finite value.
