@@ -227,14 +227,14 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
     let (mut opt, mut st) = match &ckpt {
         Some(dir) => {
             let st = state::read_state(dir).map_err(bad_input)?;
-            let kept = Kept {
+            let kept = resume_rules::Kept {
                 names: &names,
                 global_rows: shard.global_rows(),
                 wcfg: &wcfg,
                 probe_per_task: dc.probe_samples_per_task,
                 total_steps,
             };
-            check_compatible(&st, &kept, dir).map_err(bad_input)?;
+            resume_rules::check_kept(&st, &kept, dir).map_err(bad_input)?;
             resume_rules::check_schedule(&st, &lr_schedule, total_steps, dir).map_err(bad_input)?;
             let saved = load_model(dir, DType::F32, &Device::Cpu)
                 .with_context(|| format!("loading {}", dir.display()))
@@ -271,10 +271,11 @@ pub fn run(cfg: &TrainConfig, comm: &dyn Communicator, resume: Option<&Resume>) 
                 evals_since_best: 0,
                 metrics_offset: 0,
                 seed: t.seed,
-                lr_schedule: Some(lr_schedule),
-                total_steps: Some(total_steps),
+                // Set below for fresh and resumed runs alike.
+                lr_schedule: None,
+                total_steps: None,
                 metrics_header_len: None,
-                probe_samples_per_task: Some(dc.probe_samples_per_task),
+                probe_samples_per_task: None,
             };
             let opt = AdamW::new(AdamWConfig {
                 beta1: t.beta1,
@@ -722,80 +723,6 @@ fn snapshot(model: &Model, opt: &AdamW, st: &TrainState) -> Result<Snapshot> {
     })
 }
 
-/// The settings a resume must keep besides architecture and LR schedule (see
-/// `resume_rules`): weighting, probe size, tasks, global batch, and no fewer steps than done.
-struct Kept<'a> {
-    names: &'a [String],
-    global_rows: usize,
-    wcfg: &'a coba::WeighterConfig,
-    probe_per_task: usize,
-    total_steps: u64,
-}
-
-fn check_compatible(st: &TrainState, kept: &Kept<'_>, dir: &Path) -> Result<()> {
-    let Kept {
-        names,
-        global_rows,
-        wcfg,
-        probe_per_task,
-        total_steps,
-    } = *kept;
-    if st.weighting != *wcfg {
-        let show = |w: &coba::WeighterConfig| {
-            serde_json::to_string(w).unwrap_or_else(|_| format!("{w:?}"))
-        };
-        bail!(
-            "{}: the checkpoint's weighting settings {} differ from the config's {} \
-             ([coba] method/variant/warmup_steps/history_length/tau/update_interval must stay \
-             the same across a resume; \"auto\" values depend on the global batch)",
-            dir.display(),
-            show(&st.weighting),
-            show(wcfg)
-        );
-    }
-    if st
-        .probe_samples_per_task
-        .is_some_and(|p| p != probe_per_task)
-    {
-        bail!(
-            "{}: the checkpoint's probe takes {} validation samples per task, the config {} \
-             (coba.probe_samples_per_task / data.probe_samples_per_task must stay the same \
-             across a resume: the probe losses CoBa fits would change)",
-            dir.display(),
-            st.probe_samples_per_task.unwrap_or_default(),
-            probe_per_task
-        );
-    }
-    if st.next_step > total_steps {
-        bail!(
-            "{}: the checkpoint has {} steps done, more than the {total_steps} steps the config \
-             asks for (max_steps/epochs): a resume cannot undo steps; use the checkpoint of \
-             step {total_steps} (--resume DIR) if it was kept, or `best/`",
-            dir.display(),
-            st.next_step
-        );
-    }
-    if st.tasks != names {
-        bail!(
-            "{}: the checkpoint's tasks {:?} differ from the config's {:?}",
-            dir.display(),
-            st.tasks,
-            names
-        );
-    }
-    if st.global_rows != global_rows {
-        bail!(
-            "{}: the checkpoint was written with a global batch of {} rows, the config gives {} \
-             (micro_batch_size x grad_accum x world_size): the data order would change. Keep \
-             the global batch (e.g. double grad_accum when halving the ranks)",
-            dir.display(),
-            st.global_rows,
-            global_rows
-        );
-    }
-    Ok(())
-}
-
 /// `output_dir` is a usable directory name.
 fn check_output_dir(cfg: &TrainConfig) -> Result<()> {
     if cfg.output_dir.as_os_str().is_empty() {
@@ -807,21 +734,37 @@ fn check_output_dir(cfg: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
-/// Rank 0 takes the output directory's lock ([`lock::OutputLock`]) and tells every rank
-/// whether it got it, so a refused run stops on every rank with rank 0's message.
-fn lock_output_dir(out: &Path, comm: &dyn Communicator) -> Result<Option<lock::OutputLock>> {
-    let mut msg = Vec::new();
-    let mut held = None;
+/// Runs `decide` on rank 0 only and gives every rank its outcome: rank 0's text, or rank 0's
+/// error as a bad-input error on every rank (so all ranks stop together with its message).
+fn decided_by_rank0(
+    comm: &dyn Communicator,
+    decide: impl FnOnce() -> Result<String>,
+) -> Result<String> {
+    let mut buf = Vec::new();
     if comm.rank() == 0 {
-        match lock::OutputLock::acquire(out) {
-            Ok(l) => held = Some(l),
-            Err(e) => msg = format!("{e:#}").into_bytes(),
-        }
+        let (tag, text) = match decide() {
+            Ok(t) => (b'+', t),
+            Err(e) => (b'!', format!("{e:#}")),
+        };
+        buf.push(tag);
+        buf.extend(text.bytes());
     }
-    comm.broadcast_bytes(&mut msg, 0)?;
-    if !msg.is_empty() {
-        return Err(bad_input(anyhow!("{}", String::from_utf8_lossy(&msg))));
+    comm.broadcast_bytes(&mut buf, 0)?;
+    let text = String::from_utf8_lossy(buf.get(1..).unwrap_or_default()).into_owned();
+    match buf.first() {
+        Some(b'+') => Ok(text),
+        _ => Err(bad_input(anyhow!("{text}"))),
     }
+}
+
+/// Rank 0 takes the output directory's lock ([`lock::OutputLock`]); a refusal stops every
+/// rank with rank 0's message.
+fn lock_output_dir(out: &Path, comm: &dyn Communicator) -> Result<Option<lock::OutputLock>> {
+    let mut held = None;
+    decided_by_rank0(comm, || {
+        held = Some(lock::OutputLock::acquire(out)?);
+        Ok(String::new())
+    })?;
     Ok(held)
 }
 
@@ -873,40 +816,20 @@ fn resolve_resume(
     let Some(resume) = resume else {
         return Ok(None);
     };
-    // Rank 0's verdict: Ok(path or empty) or the error text, broadcast as one message.
-    let mut buf = Vec::new();
-    if comm.rank() == 0 {
-        buf = match pick_checkpoint(cfg, resume) {
-            Ok(p) => {
-                let mut b = vec![b'+'];
-                b.extend(
-                    p.map(|p| p.to_string_lossy().into_owned())
-                        .unwrap_or_default()
-                        .bytes(),
-                );
-                b
-            }
-            Err(e) => {
-                let mut b = vec![b'!'];
-                b.extend(format!("{e:#}").bytes());
-                b
-            }
-        };
-    }
-    comm.broadcast_bytes(&mut buf, 0)?;
-    let text = String::from_utf8_lossy(buf.get(1..).unwrap_or_default()).into_owned();
-    match buf.first() {
-        Some(b'+') => Ok((!text.is_empty()).then(|| PathBuf::from(text))),
-        _ => Err(bad_input(anyhow!("{text}"))),
-    }
+    let path = decided_by_rank0(comm, || {
+        Ok(pick_checkpoint(cfg, resume)?
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default())
+    })?;
+    Ok((!path.is_empty()).then(|| PathBuf::from(path)))
 }
 
 fn pick_checkpoint(cfg: &TrainConfig, resume: &Resume) -> Result<Option<PathBuf>> {
-    let picked = pick_whole_checkpoint(cfg, resume)?;
-    if let Some(dir) = &picked {
-        check_metrics_file(cfg, &state::read_state(dir)?, dir)?;
-    }
-    Ok(picked)
+    let Some((dir, st)) = pick_whole_checkpoint(cfg, resume)? else {
+        return Ok(None);
+    };
+    check_metrics_file(cfg, &st, &dir)?;
+    Ok(Some(dir))
 }
 
 /// The run's `metrics.jsonl` must still hold what the checkpoint recorded (its step lines),
@@ -935,16 +858,19 @@ fn check_metrics_file(cfg: &TrainConfig, st: &TrainState, dir: &Path) -> Result<
     Ok(())
 }
 
-fn pick_whole_checkpoint(cfg: &TrainConfig, resume: &Resume) -> Result<Option<PathBuf>> {
+fn pick_whole_checkpoint(
+    cfg: &TrainConfig,
+    resume: &Resume,
+) -> Result<Option<(PathBuf, TrainState)>> {
     match resume {
         Resume::Path(p) => state::verify_checkpoint(p)
-            .map(|_| Some(p.clone()))
+            .map(|st| Some((p.clone(), st)))
             .with_context(|| format!("--resume {}: not a usable checkpoint", p.display())),
         Resume::Auto => {
             let all = state::list_checkpoints(&cfg.output_dir);
             for (_, p) in all.iter().rev() {
                 match state::verify_checkpoint(p) {
-                    Ok(_) => return Ok(Some(p.clone())),
+                    Ok(st) => return Ok(Some((p.clone(), st))),
                     Err(e) => tracing::warn!(
                         "--resume auto: skipping {}, it is damaged: {e:#}",
                         p.display()

@@ -11,7 +11,8 @@
 //!   header's `total_steps`). Anything else (a cosine decay over another number of steps, a
 //!   new peak or warm-up) is refused: to train further, start a new run from the checkpoint's
 //!   `model/` as `model.path`.
-//! - Weighting settings, tasks and the global batch: see `check_compatible` in the loop.
+//! - Weighting settings, probe size, tasks, the global batch, fewer steps than done: never
+//!   ([`check_kept`]).
 
 use super::state::TrainState;
 use crate::model::Model;
@@ -32,6 +33,89 @@ const NOT_ARCHITECTURE: &[&str] = &[
     "_name_or_path",
     "use_cache",
 ];
+
+/// The settings a resume must keep besides architecture and LR schedule: weighting, probe
+/// size, tasks, global batch, and no fewer steps than done.
+pub struct Kept<'a> {
+    /// Task names in config order.
+    pub names: &'a [String],
+    /// Rows per global step.
+    pub global_rows: usize,
+    /// The weighting settings.
+    pub wcfg: &'a coba::WeighterConfig,
+    /// Validation samples per task in one probe.
+    pub probe_per_task: usize,
+    /// Optimizer steps the config asks for.
+    pub total_steps: u64,
+}
+
+/// Refuses a resume that changes what [`Kept`] lists.
+///
+/// # Errors
+/// The first difference, with both values.
+pub fn check_kept(st: &TrainState, kept: &Kept<'_>, dir: &Path) -> Result<()> {
+    let Kept {
+        names,
+        global_rows,
+        wcfg,
+        probe_per_task,
+        total_steps,
+    } = *kept;
+    if st.weighting != *wcfg {
+        let show = |w: &coba::WeighterConfig| {
+            serde_json::to_string(w).unwrap_or_else(|_| format!("{w:?}"))
+        };
+        bail!(
+            "{}: the checkpoint's weighting settings {} differ from the config's {} \
+             ([coba] method/variant/warmup_steps/history_length/tau/update_interval must stay \
+             the same across a resume; \"auto\" values depend on the global batch)",
+            dir.display(),
+            show(&st.weighting),
+            show(wcfg)
+        );
+    }
+    if st
+        .probe_samples_per_task
+        .is_some_and(|p| p != probe_per_task)
+    {
+        bail!(
+            "{}: the checkpoint's probe takes {} validation samples per task, the config {} \
+             (coba.probe_samples_per_task / data.probe_samples_per_task must stay the same \
+             across a resume: the probe losses CoBa fits would change)",
+            dir.display(),
+            st.probe_samples_per_task.unwrap_or_default(),
+            probe_per_task
+        );
+    }
+    if st.next_step > total_steps {
+        bail!(
+            "{}: the checkpoint has {} steps done, more than the {total_steps} steps the config \
+             asks for (max_steps/epochs): a resume cannot undo steps; use the checkpoint of \
+             step {total_steps} (--resume DIR) if it was kept, or `best/`",
+            dir.display(),
+            st.next_step
+        );
+    }
+    if st.tasks != names {
+        bail!(
+            "{}: the checkpoint's tasks {:?} differ from the config's {:?}",
+            dir.display(),
+            st.tasks,
+            names
+        );
+    }
+    if st.global_rows != global_rows {
+        bail!(
+            "{}: the checkpoint was written with a global batch of {} rows, the config gives {} \
+             (micro_batch_size x grad_accum x world_size): the data order would change. Keep \
+             the global batch (e.g. double grad_accum when halving the ranks)",
+            dir.display(),
+            st.global_rows,
+            global_rows
+        );
+    }
+    Ok(())
+}
 
 /// Refuses a resume whose schedule gives any step another learning rate.
 ///
