@@ -60,31 +60,18 @@ fn data_stats_accepts_set() {
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
         v["tasks"][0]["truncated"].as_u64().unwrap()
     };
+    // `data stats --config cfg ARGS`.
+    let stats = |args: &[&str]| coba_dist(&[&["data", "stats", "--config", cfg], args].concat());
+    let set_32 = ["--set", "data.max_seq_len=32"];
     // Default max_seq_len (1024): the ~200-word samples fit.
-    let o = coba_dist(&["data", "stats", "--config", cfg, "--json"]);
-    assert_eq!(truncated(&o), 0);
+    assert_eq!(truncated(&stats(&["--json"])), 0);
     // 32 positions: every long sample is truncated, no short one (a few tokens each).
-    let o = coba_dist(&[
-        "data",
-        "stats",
-        "--config",
-        cfg,
-        "--set",
-        "data.max_seq_len=32",
-        "--json",
-    ]);
+    let o = stats(&[&set_32[..], &["--json"]].concat());
     assert_eq!(truncated(&o), long as u64);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["max_seq_len"], 32);
     // The table form shows it too, and --set without --config is a usage error.
-    let o = coba_dist(&[
-        "data",
-        "stats",
-        "--config",
-        cfg,
-        "--set",
-        "data.max_seq_len=32",
-    ]);
+    let o = stats(&set_32);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("drop_long") && out.contains("trunc"), "{out}");
