@@ -4,5 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+# TensorBoard's own reader checks the event files (crates/trainer/tests/tensorboard.rs).
+if ! python3 -c 'import tensorboard' 2>/dev/null; then
+    echo "test.sh: installing the Python package tensorboard (the event-file reader of the tests)"
+    python3 -m pip install --quiet --disable-pip-version-check tensorboard==2.21.0
+fi
 # With the MPI backend: the collectives tests launch real `mpirun -n 2` / `-n 3` jobs.
 cargo test --workspace --locked --features collectives/mpi

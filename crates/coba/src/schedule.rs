@@ -50,6 +50,13 @@ impl Schedule {
     pub fn is_probe_step(&self, step: u64) -> bool {
         step >= 1 && step.is_multiple_of(self.update_interval)
     }
+
+    /// The 0-based number of the probe after step `step` (`step / U - 1`), `None` when no
+    /// probe follows it.
+    pub fn probe_index(&self, step: u64) -> Option<u64> {
+        self.is_probe_step(step)
+            .then(|| step / self.update_interval - 1)
+    }
 }
 
 /// Where the weights of a step come from.

@@ -378,13 +378,19 @@ impl<M: TaskWeighter> Weighter<M> {
 
     /// Records the probe measured after the update of `step` (step 3 of the replay order).
     /// `losses[i]` is task i's mean validation loss; `None` or `Some(0.0)` mean absent.
+    /// Returns the validation-loss ratios `l_i(step) / l_i(0)` the rule observed (`None` for
+    /// an absent task): what the trainer logs as `val_ratio`.
     ///
     /// # Errors
     /// [`WeightError::WrongTaskCount`]; [`WeightError::InvalidProbeLoss`] for a negative, NaN or
     /// infinite loss; [`WeightError::RatioOutOfRange`] for a loss more than 1e100 times its
     /// initial loss; [`WeightError::OutOfOrder`] if `step` is not a probe step, or its weights
     /// were not taken, or it was already probed; [`WeightError::MissingTask`] from baselines.
-    pub fn observe_probe(&mut self, step: u64, losses: &[Option<f64>]) -> Result<(), WeightError> {
+    pub fn observe_probe(
+        &mut self,
+        step: u64,
+        losses: &[Option<f64>],
+    ) -> Result<Vec<Option<f64>>, WeightError> {
         check_len(self.num_tasks(), losses.len())?;
         if !self.schedule.is_probe_step(step) {
             return Err(WeightError::OutOfOrder {
@@ -439,7 +445,14 @@ impl<M: TaskWeighter> Weighter<M> {
             ratios: &ratios,
         })?;
         self.last_probe = Some(step);
-        Ok(())
+        Ok(ratios)
+    }
+
+    /// Which probe follows the update of `step`: 0 for the first (`step = U`), 1 for the
+    /// next, ...; `None` when `step` is not a probe step. The probe sampler draws probe
+    /// `index`'s validation samples.
+    pub fn probe_index(&self, step: u64) -> Option<u64> {
+        self.schedule.probe_index(step)
     }
 }
 

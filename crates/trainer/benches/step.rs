@@ -10,10 +10,10 @@
 //! parameters; the initialisations differ, so the printed losses are not comparable).
 
 use candle_core::{DType, Device};
+use model::optim::{AdamW, AdamWConfig};
+use model::{CausalLm, Llama, LlamaConfig, LossOptions, TokenBatch};
 use std::collections::BTreeMap;
 use std::time::Instant;
-use trainer::model::{CausalLm, Llama, LlamaConfig, LossOptions, TokenBatch};
-use trainer::optim::{AdamW, AdamWConfig};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

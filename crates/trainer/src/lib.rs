@@ -3,10 +3,8 @@
 #![warn(missing_docs)]
 
 pub mod alloc;
-pub mod checkpoint;
 pub mod cli;
-pub mod model;
-pub mod optim;
+pub mod metrics;
 pub mod plot;
 pub mod replay;
 pub mod train;

@@ -5,12 +5,12 @@
 //! built with MPI and `mpirun` exists) `mpirun -n 2` gives the one-process numbers.
 
 use candle_core::{DType, Device};
+use model::checkpoint::save_hf_dir;
+use model::{CausalLm, Llama, LlamaConfig, LossOptions, Model, Sampling, TokenBatch};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use tokenizers::Tokenizer;
-use trainer::checkpoint::save_hf_dir;
-use trainer::model::{CausalLm, Llama, LlamaConfig, LossOptions, Model, Sampling, TokenBatch};
 
 /// SmolLM2's vocabulary (added tokens included).
 const VOCAB: usize = 49152;

@@ -8,7 +8,9 @@
 
 use super::train::{fail, load_config, start_runtime};
 use super::ExitError;
-use anyhow::{anyhow, Context};
+use crate::metrics::record::in_task_order;
+use crate::metrics::{MetricsFile, StepRecord};
+use anyhow::anyhow;
 use clap::Args;
 use coba::MethodKind;
 use std::fmt::Write as _;
@@ -60,43 +62,31 @@ pub struct RunStats {
 /// A missing or malformed file, or a run without evaluations.
 pub fn run_stats(method: &str, dir: &Path) -> anyhow::Result<RunStats> {
     let path = dir.join("metrics.jsonl");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-    let mut lines = text.lines();
-    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap_or(""))
-        .with_context(|| format!("{}: line 1", path.display()))?;
-    let tasks: Vec<String> = header["tasks"]
-        .as_array()
-        .ok_or_else(|| anyhow!("{}: line 1 has no `tasks`", path.display()))?
+    let file = MetricsFile::read(&path)?;
+    let tasks = file.header.tasks.clone();
+    let initial: Vec<f64> = file
+        .initial_val_loss()
         .iter()
-        .filter_map(|t| t.as_str().map(String::from))
-        .collect();
-    let initial: Vec<f64> = tasks
-        .iter()
-        .map(|t| header["initial_val_loss"][t].as_f64().unwrap_or(f64::NAN))
+        .map(|v| v.unwrap_or(f64::NAN))
         .collect();
     let mut best = vec![(f64::INFINITY, 0u64); tasks.len()];
     let mut selected: Option<(f64, u64, Vec<f64>)> = None;
-    let (mut time, mut steps) = (0.0, 0u64);
-    let (mut train, mut probe, mut weighting) = (0.0, 0.0, 0.0);
-    for (i, line) in lines.enumerate() {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}: line {}", path.display(), i + 2))?;
-        steps += 1;
-        for key in ["step_time_s", "probe_time_s", "eval_time_s"] {
-            time += v[key].as_f64().unwrap_or(0.0);
-        }
-        train += v["step_time_s"].as_f64().unwrap_or(0.0);
-        probe += v["probe_time_s"].as_f64().unwrap_or(0.0);
-        weighting += v["weight_time_s"].as_f64().unwrap_or(0.0);
-        let Some(mean) = v["val_ratio_mean"].as_f64() else {
+    let steps = file.steps.len();
+    let sum = |f: fn(&StepRecord) -> Option<f64>| -> f64 { file.steps.iter().filter_map(f).sum() };
+    let train = sum(|r| r.step_time_s);
+    let probe = sum(|r| r.probe_time_s);
+    let weighting = sum(|r| r.weight_time_s);
+    let time = train + probe + sum(|r| r.eval_time_s);
+    for r in &file.steps {
+        let Some(mean) = r.val_ratio_mean else {
             continue;
         };
-        let done = v["step"].as_u64().unwrap_or(0) + 1;
-        let ratios: Vec<f64> = tasks
+        let done = r.step + 1;
+        let val_loss = in_task_order(r.val_loss.as_ref(), &tasks).unwrap_or_default();
+        let ratios: Vec<f64> = initial
             .iter()
-            .zip(&initial)
-            .map(|(t, l0)| v["val_loss"][t].as_f64().unwrap_or(f64::NAN) / l0)
+            .enumerate()
+            .map(|(i, l0)| val_loss.get(i).copied().flatten().unwrap_or(f64::NAN) / l0)
             .collect();
         for (b, r) in best.iter_mut().zip(&ratios) {
             if *r < b.0 {

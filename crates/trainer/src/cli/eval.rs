@@ -10,7 +10,6 @@
 
 use super::model_path::{self, bad_input};
 use super::ExitError;
-use crate::model::{CausalLm, LossOptions, Model, TaskLoss, TokenBatch};
 use ::data::batch::{Batch, SampleRef};
 use ::data::config::DataConfig;
 use ::data::dataset::Dataset;
@@ -19,6 +18,7 @@ use ::data::tokenize::Encoder;
 use anyhow::{anyhow, Context};
 use clap::Args;
 use collectives::{exit_on_error, Communicator, InitOptions};
+use model::{CausalLm, LossOptions, Model, TaskLoss, TokenBatch};
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;

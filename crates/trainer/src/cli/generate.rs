@@ -4,12 +4,12 @@
 
 use super::model_path::{self, bad_input};
 use super::ExitError;
-use crate::model::{CausalLm, Sampling};
 use ::data::config::{TemplateConfig, TemplatePreset};
 use ::data::template::Template;
 use ::data::tokenize::Encoder;
 use anyhow::{anyhow, Context};
 use clap::Args;
+use model::{CausalLm, Sampling};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;

@@ -2,11 +2,11 @@
 //! of our training checkpoint directories (the HF model in its `model/` subdirectory).
 
 use super::ExitError;
-use crate::checkpoint::load_model;
-use crate::model::Model;
 use ::data::config::{TemplateConfig, TemplatePreset};
 use anyhow::{anyhow, Context};
 use candle_core::{DType, Device};
+use model::checkpoint::load_model;
+use model::Model;
 use std::path::{Path, PathBuf};
 
 /// An [`ExitError`] with exit code 2 (bad input).

@@ -6,7 +6,7 @@ use crate::train::config::{self, Sources, TrainConfig};
 use crate::train::{AllRanks, Resume};
 use anyhow::{anyhow, Context};
 use clap::Args;
-use collectives::{BackendChoice, InitOptions};
+use collectives::InitOptions;
 use std::path::PathBuf;
 
 /// The embedded default job (`configs/demo.toml`), used when no `--config` is given.
@@ -81,13 +81,8 @@ pub fn load_config(path: Option<&PathBuf>, sets: &[String]) -> Result<TrainConfi
 /// # Errors
 /// An unknown backend (exit 2) or a failed MPI/NCCL start (exit 1).
 pub fn start_runtime(cfg: &TrainConfig) -> Result<Box<dyn collectives::Communicator>, ExitError> {
-    let backend: BackendChoice = cfg
-        .runtime
-        .backend
-        .parse()
-        .map_err(|e: String| bad(anyhow!("key `runtime.backend`: {e}")))?;
     let comm = collectives::init(&InitOptions {
-        backend,
+        backend: cfg.runtime.backend,
         collective_timeout_s: cfg.runtime.collective_timeout_s,
     })
     .map_err(|e| ExitError {
@@ -153,7 +148,8 @@ pub fn run(args: &TrainArgs) -> Result<(), ExitError> {
 /// Under mpirun, rank 0 prints a shared error *before* any rank exits (then every rank meets
 /// at a barrier and returns): Open MPI kills the remaining ranks as soon as one exits with a
 /// non-zero status, which used to swallow rank 0's message (issue "first hour", item 2).
-pub fn fail(comm: &dyn collectives::Communicator, e: anyhow::Error) -> ExitError {
+pub fn fail(comm: &dyn collectives::Communicator, e: impl Into<anyhow::Error>) -> ExitError {
+    let e: anyhow::Error = e.into();
     if let Some(a) = e.downcast_ref::<AllRanks>() {
         let code = if a.bad_input { 2 } else { 1 };
         if comm.world_size() == 1 {

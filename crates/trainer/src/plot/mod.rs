@@ -1,20 +1,17 @@
 //! `coba-dist plot`: read a run's `metrics.jsonl` into [`RunMetrics`] and draw it as PNG charts
 //! ([`draw`]).
 //!
-//! The file, as the training loop writes it: line 1 is the header
-//! `{"initial_val_loss": {task: f64}, "tasks": [task, ...], "world_size": n, "method": "coba"}`,
-//! then one object per optimizer step with `step` (0-based), `train_loss` {task: f64|null},
-//! `weights` {task: f64}, on CoBa computation steps `df`, on probe steps `val_ratio`
-//! {task: f64|null}, on eval steps `val_loss` {task: f64|null} (and more keys, which are
-//! ignored here, as are unknown keys). A resumed run may log a step twice: the later line wins.
-//! A truncated last line (a crash while writing) is skipped and reported in
-//! [`RunMetrics::truncated_line`]; any other malformed line is an error naming its line.
+//! The file is read as typed records ([`crate::metrics::MetricsFile`]: the header, then one
+//! [`crate::metrics::StepRecord`] per step; unknown keys ignored, a step logged
+//! twice keeps its later line, a truncated last line is skipped and reported in
+//! [`RunMetrics::truncated_line`], any other malformed line is an error naming its line and
+//! key). The charts use `train_loss`, `weights`, `df`, `val_ratio` and `val_loss`, in the
+//! header's task order.
 
 pub mod draw;
 
-use serde_json::{Map, Value};
-use std::collections::BTreeMap;
-use std::fmt;
+pub use crate::metrics::record::LineError;
+use crate::metrics::record::{in_task_order, MetricsFile, StepRecord};
 use std::path::Path;
 
 /// A run's `metrics.jsonl`, reduced to what the charts need: the header and one record per
@@ -55,23 +52,6 @@ pub struct StepMetrics {
     pub val_loss: Option<Vec<Option<f64>>>,
 }
 
-/// A malformed line: its 1-based number and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LineError {
-    /// 1-based line number.
-    pub line: usize,
-    /// What is wrong (names the field and task where there is one).
-    pub message: String,
-}
-
-impl fmt::Display for LineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}: {}", self.line, self.message)
-    }
-}
-
-impl std::error::Error for LineError {}
-
 /// Where the validation-ratio curves come from (see [`RunMetrics::val_ratio_curves`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RatioSource {
@@ -97,82 +77,24 @@ impl RunMetrics {
         Self::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
-    /// Parses the bytes of a `metrics.jsonl` (UTF-8, `\n` or `\r\n` line ends, blank lines
-    /// skipped).
+    /// Parses the bytes of a `metrics.jsonl` ([`MetricsFile::parse`]).
     ///
     /// # Errors
-    /// A line that is not UTF-8 or not a JSON object, a first line without `tasks`, a step
-    /// without `step`, a value of the wrong type, or a task the header does not list. The last
-    /// non-blank line is exempt when it is cut off (invalid UTF-8 or incomplete JSON): it is
-    /// skipped and its number kept in [`RunMetrics::truncated_line`].
+    /// As [`MetricsFile::parse`].
     pub fn parse(bytes: &[u8]) -> Result<Self, LineError> {
-        let lines: Vec<(usize, &[u8])> = bytes
-            .split(|&b| b == b'\n')
-            .enumerate()
-            .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
-            .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
-            .collect();
-        let last = lines.last().map(|&(n, _)| n);
-        let mut header: Option<Header> = None;
-        let mut steps: BTreeMap<u64, StepMetrics> = BTreeMap::new();
-        let mut truncated_line = None;
-        for &(line, raw) in &lines {
-            let err = |message: String| LineError { line, message };
-            let value = match std::str::from_utf8(raw)
-                .map_err(|e| (true, format!("not UTF-8 ({e})")))
-                .and_then(|text| {
-                    serde_json::from_str::<Value>(text).map_err(|e| {
-                        let cut = matches!(
-                            e.classify(),
-                            serde_json::error::Category::Eof | serde_json::error::Category::Syntax
-                        );
-                        (cut, json_message(&e))
-                    })
-                }) {
-                Ok(v) => v,
-                Err((true, _)) if Some(line) == last => {
-                    truncated_line = Some(line);
-                    continue;
-                }
-                Err((_, message)) => return Err(err(message)),
-            };
-            let Value::Object(obj) = value else {
-                return Err(err("expected a JSON object".into()));
-            };
-            match &header {
-                None => header = Some(Header::from_object(&obj).map_err(err)?),
-                Some(h) if !obj.contains_key("step") && obj.contains_key("tasks") => {
-                    // A header written again (e.g. by a resumed run): it must name the same tasks.
-                    let again = Header::from_object(&obj).map_err(err)?;
-                    if again.tasks != h.tasks {
-                        return Err(err(format!(
-                            "a second header names tasks {:?}, the first named {:?}",
-                            again.tasks, h.tasks
-                        )));
-                    }
-                }
-                Some(h) => {
-                    let record = StepMetrics::from_object(&obj, &h.tasks).map_err(err)?;
-                    steps.insert(record.step, record);
-                }
-            }
-        }
-        let Some(header) = header else {
-            return Err(LineError {
-                line: truncated_line.unwrap_or(1),
-                message: match truncated_line {
-                    Some(_) => "no header: the only line is truncated".into(),
-                    None => "no header: the file is empty".into(),
-                },
-            });
-        };
+        let file = MetricsFile::parse(bytes)?;
+        let tasks = file.header.tasks.clone();
         Ok(Self {
-            tasks: header.tasks,
-            initial_val_loss: header.initial_val_loss,
-            method: header.method,
-            world_size: header.world_size,
-            steps: steps.into_values().collect(),
-            truncated_line,
+            initial_val_loss: file.initial_val_loss(),
+            method: file.header.method.clone(),
+            world_size: file.header.world_size,
+            steps: file
+                .steps
+                .iter()
+                .map(|r| StepMetrics::from_record(r, &tasks))
+                .collect(),
+            truncated_line: file.truncated_line,
+            tasks,
         })
     }
 
@@ -256,131 +178,16 @@ pub fn min_max_normalize(values: &[f64]) -> Vec<f64> {
         .collect()
 }
 
-/// The header line's fields this module uses.
-struct Header {
-    tasks: Vec<String>,
-    initial_val_loss: Vec<Option<f64>>,
-    method: Option<String>,
-    world_size: Option<u64>,
-}
-
-impl Header {
-    fn from_object(obj: &Map<String, Value>) -> Result<Self, String> {
-        let tasks = match obj.get("tasks") {
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|t| match t {
-                    Value::String(s) => Ok(s.clone()),
-                    other => Err(format!("`tasks`: expected task names, got {other}")),
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            Some(other) => return Err(format!("`tasks`: expected an array, got {other}")),
-            None if obj.contains_key("step") => {
-                return Err("expected the header (with `tasks`) before the first step".into())
-            }
-            None => return Err("the header has no `tasks`".into()),
-        };
-        if tasks.is_empty() {
-            return Err("`tasks` is empty".into());
-        }
-        for (i, t) in tasks.iter().enumerate() {
-            if tasks[..i].contains(t) {
-                return Err(format!("`tasks`: task `{t}` is listed twice"));
-            }
-        }
-        let initial_val_loss = task_values(obj, "initial_val_loss", &tasks)?
-            .unwrap_or_else(|| vec![None; tasks.len()]);
-        let method = match obj.get("method") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(other) => return Err(format!("`method`: expected a string, got {other}")),
-        };
-        let world_size = match obj.get("world_size") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                v.as_u64()
-                    .ok_or_else(|| format!("`world_size`: expected a positive integer, got {v}"))?,
-            ),
-        };
-        Ok(Self {
-            tasks,
-            initial_val_loss,
-            method,
-            world_size,
-        })
-    }
-}
-
 impl StepMetrics {
-    fn from_object(obj: &Map<String, Value>, tasks: &[String]) -> Result<Self, String> {
-        let step = match obj.get("step") {
-            Some(v) => v
-                .as_u64()
-                .ok_or_else(|| format!("`step`: expected a non-negative integer, got {v}"))?,
-            None => return Err("a step record without `step`".into()),
-        };
-        Ok(Self {
-            step,
-            train_loss: task_values(obj, "train_loss", tasks)?.unwrap_or_default(),
-            weights: task_values(obj, "weights", tasks)?.unwrap_or_default(),
-            df: number(obj, "df")?,
-            val_ratio: task_values(obj, "val_ratio", tasks)?,
-            val_loss: task_values(obj, "val_loss", tasks)?,
-        })
-    }
-}
-
-/// `obj[field]` as a number; absent or `null` is `None`.
-fn number(obj: &Map<String, Value>, field: &str) -> Result<Option<f64>, String> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => Ok(n.as_f64()),
-        Some(other) => Err(format!("`{field}`: expected a number, got {other}")),
-    }
-}
-
-/// `obj[field]` as a {task: number|null} object, in `tasks` order; absent or `null` is `None`.
-fn task_values(
-    obj: &Map<String, Value>,
-    field: &str,
-    tasks: &[String],
-) -> Result<Option<Vec<Option<f64>>>, String> {
-    let map = match obj.get(field) {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Object(map)) => map,
-        Some(other) => {
-            return Err(format!(
-                "`{field}`: expected an object {{task: number}}, got {other}"
-            ))
+    /// The chart values of a record, in `tasks` order.
+    fn from_record(r: &StepRecord, tasks: &[String]) -> Self {
+        Self {
+            step: r.step,
+            train_loss: in_task_order(r.train_loss.as_ref(), tasks).unwrap_or_default(),
+            weights: in_task_order(r.weights.as_ref(), tasks).unwrap_or_default(),
+            df: r.df,
+            val_ratio: in_task_order(r.val_ratio.as_ref(), tasks),
+            val_loss: in_task_order(r.val_loss.as_ref(), tasks),
         }
-    };
-    let mut values = vec![None; tasks.len()];
-    for (task, v) in map {
-        let Some(i) = tasks.iter().position(|t| t == task) else {
-            return Err(format!(
-                "`{field}`: task `{task}` is not in the header's tasks {tasks:?}"
-            ));
-        };
-        values[i] = match v {
-            Value::Null => None,
-            Value::Number(n) => n.as_f64(),
-            other => {
-                return Err(format!(
-                    "`{field}`: task `{task}`: expected a number or null, got {other}"
-                ))
-            }
-        };
-    }
-    Ok(Some(values))
-}
-
-/// serde_json's message with its `at line 1 column N` (always line 1 here) turned into a
-/// column.
-fn json_message(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    let suffix = format!(" at line {} column {}", e.line(), e.column());
-    match text.strip_suffix(&suffix) {
-        Some(message) => format!("column {}: invalid JSON: {message}", e.column()),
-        None => format!("invalid JSON: {text}"),
     }
 }

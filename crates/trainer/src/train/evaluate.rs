@@ -1,11 +1,11 @@
 //! Validation and the CoBa probe: no-graph forwards, per-task (NLL sum, token count) summed
 //! over micro-batches on this rank, then all-reduced in f64 over all ranks.
 
-use crate::model::{CausalLm, LossOptions, TaskLoss, TokenBatch};
 use anyhow::Result;
 use collectives::Communicator;
 use data::batch::Batch;
 use data::dataset::Dataset;
+use model::{CausalLm, LossOptions, TaskLoss, TokenBatch};
 
 /// Per-task sums of `batches` on this rank (length `num_tasks`).
 ///

@@ -15,9 +15,9 @@
 //!   ([`check_kept`]).
 
 use super::state::TrainState;
-use crate::model::Model;
-use crate::optim::LrSchedule;
 use anyhow::{bail, Result};
+use model::optim::LrSchedule;
+use model::Model;
 use serde_json::Value;
 use std::path::Path;
 

@@ -12,10 +12,10 @@
 //! all-reduce); every rank reads on resume, so `output_dir` must be on a filesystem all ranks
 //! see.
 
-use crate::checkpoint::{save_hf_parts, HfParts};
-use crate::optim::AdamW;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
+use model::checkpoint::{save_hf_parts, HfParts};
+use model::optim::AdamW;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -60,7 +60,7 @@ pub struct TrainState {
     /// The learning-rate schedule the run was started with (absent in older checkpoints): a
     /// resume with a schedule that changes the rate of any step is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lr_schedule: Option<crate::optim::LrSchedule>,
+    pub lr_schedule: Option<model::optim::LrSchedule>,
     /// Optimizer steps the run was configured for (absent in older checkpoints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_steps: Option<u64>,

@@ -1,0 +1,430 @@
+//! The [`Trainer`]: model, optimizer, weighter, samplers, communicator and state, with one
+//! method per step of ARCHITECTURE.md's "One training step": [`Trainer::step`] (batches and
+//! token counts, weights, forward/backward, all-reduce, clip, update), [`Trainer::probe`] and
+//! [`Trainer::evaluate`]. Every rank calls the same methods in the same order; the methods run
+//! the collectives, so their results are the same on every rank (rank 0 alone also holds the
+//! weighter's intermediates).
+
+use super::error::{RunError, Scoped};
+use super::evaluate;
+use super::faults::Faults;
+use super::state::TrainState;
+use collectives::{all_reduce_named, BucketOptions, Communicator};
+use data::dataset::Dataset;
+use data::train::{Shard, TrainSampler};
+use data::valid::ProbeSampler;
+use model::optim::{accumulate, clip_grad_norm, global_norm, AdamW, LrSchedule};
+use model::{CausalLm, Gradients, LossOptions, Model, TaskLoss, TokenBatch};
+use std::time::Instant;
+
+/// What a step needs besides its state, parsed once from the configuration.
+#[derive(Debug, Clone)]
+pub struct StepSettings {
+    /// Clip the global gradient L2 norm to this (0: no clipping, the norm is still logged).
+    pub clip_grad_norm: f64,
+    /// The loss's chunking.
+    pub loss: LossOptions,
+    /// Rows per validation/probe micro-batch.
+    pub eval_micro_batch: usize,
+    /// The learning rate of each step.
+    pub lr_schedule: LrSchedule,
+    /// Test-only fault injection (none in a real run).
+    pub faults: Faults,
+}
+
+/// One training step's results (identical on every rank, except `explain`).
+#[derive(Debug, Clone)]
+pub struct StepOutcome {
+    /// The step (0-based).
+    pub step: u64,
+    /// Its learning rate.
+    pub lr: f64,
+    /// The weighted objective `Σ w_i L_i / Σ_{i present} w_i`, nats/token.
+    pub loss: f64,
+    /// Per-task mean training loss over the global batch (`None`: no tokens of the task).
+    pub train_loss: Vec<Option<f64>>,
+    /// The weights used, as rank 0 broadcast them.
+    pub weights: coba::WeightMessage,
+    /// CoBa's intermediates on computation steps (rank 0 only).
+    pub explain: Option<coba::CobaExplain>,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Non-padding tokens of the global batch.
+    pub tokens: f64,
+    /// Some rank was asked to stop (SIGTERM/SIGUSR1) before this step.
+    pub stop_requested: bool,
+    /// Wall time of the step, seconds.
+    pub step_time_s: f64,
+    /// Of which in collectives.
+    pub comm_time_s: f64,
+    /// Of which rank 0 spent computing the weights.
+    pub weight_time_s: f64,
+}
+
+/// A probe's results.
+#[derive(Debug, Clone)]
+pub struct ProbeOutcome {
+    /// Per-task mean probe loss, nats/token (`None`: the task had no probe tokens).
+    pub losses: Vec<Option<f64>>,
+    /// `l_i / l_i(0)` as the weighter observed them (rank 0 only; `None` on other ranks).
+    pub ratios: Option<Vec<Option<f64>>>,
+    /// Wall time, seconds.
+    pub time_s: f64,
+}
+
+/// A full validation's results.
+#[derive(Debug, Clone)]
+pub struct EvalOutcome {
+    /// Per-task mean validation loss, nats/token.
+    pub val_loss: Vec<f64>,
+    /// Mean over tasks of `val_loss_i / l_i(0)` (selects `best/`, drives early stopping).
+    pub ratio_mean: f64,
+    /// Wall time, seconds.
+    pub time_s: f64,
+}
+
+/// Step `c`'s weights as received, rank 0's CoBa intermediates, seconds computing them and
+/// seconds in the broadcast.
+type WeightsReceived = (coba::WeightMessage, Option<coba::CobaExplain>, f64, f64);
+
+/// The training job on one rank.
+pub struct Trainer<'a> {
+    /// The model (its parameters are identical on every rank after each step).
+    pub model: Model,
+    /// AdamW and its moments.
+    pub opt: AdamW,
+    /// Everything else a checkpoint holds (cursor, weighter, best, metrics offset).
+    pub state: TrainState,
+    comm: &'a dyn Communicator,
+    ds: &'a Dataset,
+    sampler: TrainSampler<'a>,
+    probe_sampler: ProbeSampler,
+    shard: Shard,
+    settings: StepSettings,
+    /// Gradient layouts are checked on the first step of this process only.
+    layout_checked: bool,
+}
+
+impl<'a> Trainer<'a> {
+    /// Assembles a trainer from its parts (see `train::setup` for how a run builds them).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: Model,
+        opt: AdamW,
+        state: TrainState,
+        comm: &'a dyn Communicator,
+        ds: &'a Dataset,
+        sampler: TrainSampler<'a>,
+        probe_sampler: ProbeSampler,
+        shard: Shard,
+        settings: StepSettings,
+    ) -> Self {
+        Self {
+            model,
+            opt,
+            state,
+            comm,
+            ds,
+            sampler,
+            probe_sampler,
+            shard,
+            settings,
+            layout_checked: false,
+        }
+    }
+
+    /// The step [`step`](Self::step) runs next (= steps completed).
+    pub fn next_step(&self) -> u64 {
+        self.state.next_step
+    }
+
+    /// Trainable parameters of the model.
+    pub fn model_parameters(&self) -> usize {
+        self.model.num_parameters()
+    }
+
+    /// Task names in config order.
+    pub fn tasks(&self) -> &[String] {
+        &self.state.tasks
+    }
+
+    /// Step 1-4 of ARCHITECTURE.md for step `next_step()`: token counts (and `stop_requested`,
+    /// this rank's stop flag) all-reduced; rank 0's weights broadcast; forward + backward of
+    /// the weighted objective over the micro-batches; gradients and losses all-reduced; a
+    /// non-finite loss or norm stops every rank; clip; AdamW with the scheduled LR; the data
+    /// cursor advances.
+    ///
+    /// # Errors
+    /// [`Scope::AllRanks`](super::error::Scope) for a non-finite loss or gradient norm and for
+    /// data errors; local for collective, tensor and weighting failures.
+    pub fn step(&mut self, stop_requested: bool) -> Result<StepOutcome, RunError> {
+        let c = self.state.next_step;
+        let k = self.ds.num_tasks();
+        self.comm.set_step(c);
+        let t0 = Instant::now();
+        let mut comm_s = 0.0;
+
+        // 1. Batches and global token counts (+ stop flag).
+        let batches = self
+            .sampler
+            .rank_step(self.state.cursor, self.shard)
+            .all_ranks()?;
+        let mut counts = vec![0.0f64; k + 2];
+        for b in &batches {
+            for (i, n) in b.loss_tokens_per_task(k).iter().enumerate() {
+                counts[i] += *n as f64;
+            }
+            counts[k] += b.segment_ids.iter().filter(|&&s| s != 0).count() as f64;
+        }
+        counts[k + 1] = f64::from(u8::from(stop_requested));
+        let tc = Instant::now();
+        self.comm.all_reduce_sum_f64(&mut counts)?;
+        comm_s += tc.elapsed().as_secs_f64();
+
+        // 2. Weights from rank 0.
+        let (msg, explain, weight_s, bcast_s) = self.weights(c)?;
+        comm_s += bcast_s;
+        let scale = token_scales(&msg.weights, &counts[..k]);
+
+        // 3. Forward + backward over the micro-batches.
+        let mut grads = Gradients::new();
+        let mut local = vec![TaskLoss::default(); k];
+        for b in &batches {
+            let out =
+                self.model
+                    .forward_backward(&TokenBatch::from(b), &scale, self.settings.loss)?;
+            accumulate(&mut grads, out.grads)?;
+            for (l, r) in local.iter_mut().zip(&out.report.per_task) {
+                l.add(r);
+            }
+        }
+        self.settings
+            .faults
+            .corrupt_loss(c, self.comm.rank(), &mut local);
+
+        // 4. Reduce, check, clip, update.
+        let tc = Instant::now();
+        let mut list: Vec<(String, candle_core::Tensor)> = grads.into_iter().collect();
+        let options = BucketOptions {
+            // Layouts are checked once per process (names/shapes never change).
+            check_layout: !self.layout_checked,
+            ..BucketOptions::default()
+        };
+        all_reduce_named(self.comm, &mut list, &options)?;
+        self.layout_checked = true;
+        evaluate::all_reduce_losses(self.comm, &mut local).local()?;
+        comm_s += tc.elapsed().as_secs_f64();
+        let mut grads: Gradients = list.into_iter().collect();
+        if let Some(i) = local.iter().position(|l| !l.nll_sum.is_finite()) {
+            return Err(RunError::all_ranks(format!(
+                "non-finite training loss at step {c} for task `{}` ({})",
+                self.state.tasks[i], local[i].nll_sum
+            )));
+        }
+        let grad_norm = if self.settings.clip_grad_norm > 0.0 {
+            clip_grad_norm(&mut grads, self.settings.clip_grad_norm)?
+        } else {
+            global_norm(&grads)?
+        };
+        if !grad_norm.is_finite() {
+            return Err(RunError::all_ranks(format!(
+                "non-finite gradient norm at step {c}"
+            )));
+        }
+        let lr = self.settings.lr_schedule.lr(c);
+        self.opt.step(self.model.params(), &grads, lr).local()?;
+        drop(grads);
+        self.state.cursor = self.sampler.advance(self.state.cursor);
+        self.state.next_step = c + 1;
+
+        let train_loss: Vec<Option<f64>> = local
+            .iter()
+            .map(|l| (l.tokens > 0).then(|| l.mean()))
+            .collect();
+        Ok(StepOutcome {
+            step: c,
+            lr,
+            loss: objective(&msg.weights, &train_loss),
+            train_loss,
+            weights: msg,
+            explain,
+            grad_norm,
+            tokens: counts[k],
+            stop_requested: counts[k + 1] > 0.0,
+            step_time_s: t0.elapsed().as_secs_f64(),
+            comm_time_s: comm_s,
+            weight_time_s: weight_s,
+        })
+    }
+
+    /// Rank 0's weighter gives step `c`'s weights; every rank receives them and checks the
+    /// step. Returns the message, (rank 0) CoBa's intermediates, and the seconds spent
+    /// computing and broadcasting.
+    fn weights(&mut self, c: u64) -> Result<WeightsReceived, RunError> {
+        let k = self.ds.num_tasks();
+        let mut buf = vec![0.0f64; coba::WeightMessage::encoded_len(k)];
+        let mut explain = None;
+        let tw = Instant::now();
+        if self.comm.rank() == 0 {
+            let w = self
+                .state
+                .weighter
+                .weights_for_step(c)
+                .map_err(|e| anyhow::anyhow!("weights for step {c}: {e}"))
+                .local()?;
+            buf = coba::WeightMessage::from(&w).encode();
+            explain = w.explain;
+        }
+        let weight_s = tw.elapsed().as_secs_f64();
+        let tc = Instant::now();
+        self.comm.broadcast_f64(&mut buf, 0)?;
+        let bcast_s = tc.elapsed().as_secs_f64();
+        let msg = coba::WeightMessage::decode(&buf, c)
+            .map_err(|e| anyhow::anyhow!("rank 0's weight broadcast: {e}"))
+            .local()?;
+        Ok((msg, explain, weight_s, bcast_s))
+    }
+
+    /// Step 5: the probe after the update of step `step`, when the weighting schedule has
+    /// one there (`None` otherwise): a no-graph forward over this probe's validation samples,
+    /// reduced over ranks, observed by rank 0's weighter.
+    ///
+    /// # Errors
+    /// A non-finite probe loss (every rank); local for model, collective or weighter errors.
+    pub fn probe(&mut self, step: u64) -> Result<Option<ProbeOutcome>, RunError> {
+        let Some(index) = self.state.weighter.probe_index(step) else {
+            return Ok(None);
+        };
+        let tp = Instant::now();
+        let k = self.ds.num_tasks();
+        let (rank, world) = (self.comm.rank(), self.comm.world_size());
+        let pb = self.probe_sampler.rank_batches(
+            self.ds,
+            index,
+            rank,
+            world,
+            self.settings.eval_micro_batch,
+        );
+        let mut sums = evaluate::local_sums(&self.model, &pb, k, self.settings.loss).local()?;
+        evaluate::all_reduce_losses(self.comm, &mut sums).local()?;
+        let losses: Vec<Option<f64>> = sums
+            .iter()
+            .map(|l| (l.tokens > 0).then(|| l.mean()))
+            .collect();
+        if let Some(i) = losses
+            .iter()
+            .position(|l| l.is_some_and(|v| !v.is_finite()))
+        {
+            return Err(RunError::all_ranks(format!(
+                "non-finite probe loss after step {step} for task `{}`",
+                self.state.tasks[i]
+            )));
+        }
+        let ratios = if rank == 0 {
+            let r = self
+                .state
+                .weighter
+                .observe_probe(step, &losses)
+                .map_err(|e| anyhow::anyhow!("probe after step {step}: {e}"))
+                .local()?;
+            Some(r)
+        } else {
+            None
+        };
+        Ok(Some(ProbeOutcome {
+            losses,
+            ratios,
+            time_s: tp.elapsed().as_secs_f64(),
+        }))
+    }
+
+    /// Step 6: a full validation pass over every task's validation split, split across
+    /// ranks, and the mean ratio to `l_i(0)`.
+    ///
+    /// # Errors
+    /// A non-finite mean ratio (every rank); local for model or collective errors.
+    pub fn evaluate(&self) -> Result<EvalOutcome, RunError> {
+        let te = Instant::now();
+        let v = evaluate::full_validation(
+            &self.model,
+            self.ds,
+            self.comm,
+            self.settings.eval_micro_batch,
+            self.settings.loss,
+        )
+        .local()?;
+        let val_loss: Vec<f64> = v.iter().map(TaskLoss::mean).collect();
+        let ratio_mean = val_loss
+            .iter()
+            .zip(&self.state.initial_val_loss)
+            .map(|(l, i)| l / i)
+            .sum::<f64>()
+            / val_loss.len().max(1) as f64;
+        if !ratio_mean.is_finite() {
+            return Err(RunError::all_ranks(format!(
+                "non-finite validation loss after step {}",
+                self.state.next_step.saturating_sub(1)
+            )));
+        }
+        Ok(EvalOutcome {
+            val_loss,
+            ratio_mean,
+            time_s: te.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Per-task token scale `w_i / (N_i Σ_{j present} w_j)` (N_i = the task's global loss-token
+/// count; 0 for an absent task), so that gradients summed over micro-batches and ranks are
+/// exactly those of `Σ_i w_i L_i / Σ_{i present} w_i`.
+pub fn token_scales(weights: &[f64], counts: &[f64]) -> Vec<f64> {
+    let present_w: f64 = weights
+        .iter()
+        .zip(counts)
+        .filter(|(_, &n)| n > 0.0)
+        .map(|(w, _)| w)
+        .sum();
+    weights
+        .iter()
+        .zip(counts)
+        .map(|(&w, &n)| {
+            if n > 0.0 && present_w > 0.0 {
+                w / (n * present_w)
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+/// `Σ w_i L_i / Σ_{i present} w_i` over the tasks with a loss.
+pub fn objective(weights: &[f64], train_loss: &[Option<f64>]) -> f64 {
+    let (num, den) = weights
+        .iter()
+        .zip(train_loss)
+        .filter_map(|(w, l)| l.map(|l| (w * l, *w)))
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    num / f64::max(den, f64::MIN_POSITIVE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_scales_normalise_over_present_tasks() {
+        // Task 1 has no tokens: the others share the objective by weight.
+        let s = token_scales(&[0.5, 0.3, 0.2], &[10.0, 0.0, 4.0]);
+        assert_eq!(s[1], 0.0);
+        assert!((s[0] - 0.5 / (10.0 * 0.7)).abs() < 1e-15);
+        assert!((s[2] - 0.2 / (4.0 * 0.7)).abs() < 1e-15);
+        // Summing scale × tokens gives Σ w / Σ w = 1.
+        assert!((s[0] * 10.0 + s[2] * 4.0 - 1.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn objective_is_the_weighted_mean_of_present_losses() {
+        let o = objective(&[0.5, 0.3, 0.2], &[Some(2.0), None, Some(1.0)]);
+        assert!((o - (0.5 * 2.0 + 0.2 * 1.0) / 0.7).abs() < 1e-15);
+    }
+}

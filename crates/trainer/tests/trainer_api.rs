@@ -1,0 +1,284 @@
+//! The loop's components called directly (no binary): `Trainer::step`, `probe` and
+//! `evaluate` on a tiny random Llama and the synthetic tasks of the harness, with the
+//! checkpointer and early stopping. Checked against independent references: an uninterrupted
+//! run (resume), a 1-rank run (2 ranks under `mpirun`, this test binary re-executed as the
+//! ranks), the early-stopping rule computed from the logged means, and the directory listing.
+
+mod harness;
+
+use harness::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use trainer::train::checkpointer::{BestSummary, Checkpointer};
+use trainer::train::config::{self, Sources, TrainConfig};
+use trainer::train::early_stopping::{EarlyStopping, Verdict};
+use trainer::train::plan::Plan;
+use trainer::train::{load_data, setup, state, Trainer};
+
+fn load(job: &Job, sets: &[&str]) -> TrainConfig {
+    let text = std::fs::read_to_string(job.config()).unwrap();
+    config::load(&Sources {
+        toml: Some((text, job.config().display().to_string())),
+        env: Vec::new(),
+        sets: sets.iter().map(|s| s.to_string()).collect(),
+    })
+    .unwrap()
+}
+
+fn params_of(t: &Trainer<'_>) -> BTreeMap<String, Vec<f32>> {
+    use model::CausalLm;
+    t.model
+        .params()
+        .iter()
+        .map(|(n, v)| {
+            let x = v
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            (n.clone(), x)
+        })
+        .collect()
+}
+
+/// Runs steps up to `until` (exclusive) with their probes, as the loop does; the per-step
+/// training losses.
+fn drive(t: &mut Trainer<'_>, until: u64) -> Vec<Vec<Option<f64>>> {
+    let mut losses = Vec::new();
+    while t.next_step() < until {
+        let s = t.step(false).unwrap();
+        t.probe(s.step).unwrap();
+        losses.push(s.train_loss);
+    }
+    losses
+}
+
+/// A trainer for `cfg` on `comm`, fresh or from `ckpt`, run through `f`.
+fn with_trainer<R>(
+    cfg: &TrainConfig,
+    comm: &dyn collectives::Communicator,
+    ckpt: Option<&Path>,
+    f: impl FnOnce(&mut Trainer<'_>, &Plan) -> R,
+) -> R {
+    let (enc, ds) = load_data(cfg).unwrap();
+    let plan = Plan::new(cfg, comm, &ds).unwrap();
+    let mut t = setup::start(cfg, comm, &ds, enc.vocab_size(), &plan, ckpt).unwrap();
+    f(&mut t, &plan)
+}
+
+#[test]
+fn resume_from_the_checkpointer_equals_an_uninterrupted_run() {
+    let comm = collectives::Local::new();
+    let job = Job::new("");
+    let cfg = load(&job, &[]);
+    let (straight, straight_losses, straight_weighter) = with_trainer(&cfg, &comm, None, |t, _| {
+        let l = drive(t, 6);
+        (params_of(t), l, t.state.weighter.clone())
+    });
+
+    let job2 = Job::new("");
+    let cfg2 = load(&job2, &[]);
+    let mut first = with_trainer(&cfg2, &comm, None, |t, plan| {
+        let l = drive(t, 3);
+        let mut c = Checkpointer::new(plan.checkpoint_settings(&cfg2).unwrap(), 0, None);
+        c.after_step(t, false, false, None).unwrap();
+        c.finish().unwrap();
+        assert_eq!(c.last_saved(), Some(3));
+        l
+    });
+    let ckpt = state::checkpoints_dir(&cfg2.output_dir).join(state::step_dir_name(3));
+    let (resumed, rest, weighter) = with_trainer(&cfg2, &comm, Some(&ckpt), |t, _| {
+        assert_eq!(t.next_step(), 3);
+        let l = drive(t, 6);
+        (params_of(t), l, t.state.weighter.clone())
+    });
+    first.extend(rest);
+    assert_eq!(first, straight_losses, "training losses of steps 0..6");
+    assert_eq!(weighter, straight_weighter, "the weighter's state");
+    assert_eq!(resumed, straight, "parameters after 6 steps, bit for bit");
+}
+
+#[test]
+fn keep_last_keeps_the_newest_checkpoints_and_best_is_written() {
+    let comm = collectives::Local::new();
+    let job = Job::new("");
+    let cfg = load(
+        &job,
+        &["checkpoint.every_steps=2", "checkpoint.keep_last=2"],
+    );
+    with_trainer(&cfg, &comm, None, |t, plan| {
+        let mut c = Checkpointer::new(plan.checkpoint_settings(&cfg).unwrap(), 0, None);
+        while t.next_step() < 7 {
+            let s = t.step(false).unwrap();
+            t.probe(s.step).unwrap();
+            let best = (t.next_step() == 5).then(|| {
+                let e = t.evaluate().unwrap();
+                BestSummary::new(t, &e.val_loss, e.ratio_mean)
+            });
+            c.after_step(t, t.next_step() == 7, false, best).unwrap();
+        }
+        c.finish().unwrap();
+    });
+    let kept: Vec<u64> = state::list_checkpoints(&cfg.output_dir)
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    // Written after 2, 4, 6 (every 2) and 7 (the last step); the two newest stay.
+    assert_eq!(kept, vec![6, 7]);
+    for s in kept {
+        let dir = state::checkpoints_dir(&cfg.output_dir).join(state::step_dir_name(s));
+        assert_eq!(state::read_state(&dir).unwrap().next_step, s);
+    }
+    let best: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(cfg.output_dir.join("best/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(best["step"], 5);
+    assert!(cfg.output_dir.join("best/model.safetensors").is_file());
+}
+
+/// The rule, independently: stop at the first evaluation `patience` or more evaluations after
+/// the best (lowest, earliest on ties) mean so far.
+fn expected_stop(means: &[f64], patience: usize) -> Option<usize> {
+    (0..means.len()).find(|&i| {
+        let best = (0..=i)
+            .min_by(|&a, &b| means[a].total_cmp(&means[b]).then(a.cmp(&b)))
+            .unwrap();
+        i - best >= patience
+    })
+}
+
+#[test]
+fn early_stopping_stops_at_the_right_evaluation() {
+    let comm = collectives::Local::new();
+    let job = Job::new("");
+    // A learning rate far too high: validation gets worse after the first steps.
+    let cfg = load(&job, &["train.lr=0.3", "train.clip_grad_norm=0.0"]);
+    let patience = 2;
+    let es = EarlyStopping {
+        patience: patience as u64,
+    };
+    let (means, stopped_at) = with_trainer(&cfg, &comm, None, |t, _| {
+        let (mut best, mut since) = (None, 0);
+        let mut means = Vec::new();
+        while t.next_step() < 16 {
+            let s = t.step(false).unwrap();
+            t.probe(s.step).unwrap();
+            let e = t.evaluate().unwrap();
+            means.push(e.ratio_mean);
+            if es.observe(&mut best, &mut since, t.next_step(), e.ratio_mean) == Verdict::Stop {
+                return (means.clone(), Some(means.len() - 1));
+            }
+        }
+        (means, None)
+    });
+    let want = expected_stop(&means, patience);
+    assert!(want.is_some(), "the run never got worse: {means:?}");
+    assert_eq!(stopped_at, want, "means {means:?}");
+}
+
+/// Under `mpirun`, this test binary runs again as the ranks (env `TRAINER_API_RANKS_OUT`).
+const CHILD: &str = "TRAINER_API_RANKS_OUT";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RankResult {
+    params: BTreeMap<String, Vec<f32>>,
+    losses: Vec<Vec<Option<f64>>>,
+    val_loss: Vec<f64>,
+}
+
+fn run_steps(cfg: &TrainConfig, comm: &dyn collectives::Communicator) -> RankResult {
+    with_trainer(cfg, comm, None, |t, _| {
+        let losses = drive(t, 5);
+        let val_loss = t.evaluate().unwrap().val_loss;
+        RankResult {
+            params: params_of(t),
+            losses,
+            val_loss,
+        }
+    })
+}
+
+#[test]
+fn two_ranks_equal_one_rank_through_the_trainer_api() {
+    if let Some(out) = std::env::var_os(CHILD) {
+        let job_dir = std::env::var("TRAINER_API_JOB").unwrap();
+        let text = std::fs::read_to_string(Path::new(&job_dir).join("config.toml")).unwrap();
+        let cfg = config::load(&Sources {
+            toml: Some((text, job_dir.clone())),
+            env: Vec::new(),
+            sets: vec!["train.micro_batch_size=2".into()],
+        })
+        .unwrap();
+        let comm = collectives::init(&collectives::InitOptions {
+            backend: collectives::BackendChoice::Mpi,
+            collective_timeout_s: 120,
+        })
+        .unwrap();
+        let r = run_steps(&cfg, &*comm);
+        if comm.rank() == 0 {
+            std::fs::write(out, serde_json::to_vec(&r).unwrap()).unwrap();
+        }
+        return;
+    }
+    let Some(mpirun) = find_mpirun() else {
+        return;
+    };
+    let two = Job::new("");
+    let out = two.dir.path().join("ranks.json");
+    let mut cmd = std::process::Command::new(mpirun);
+    cmd.args(["-n", "2", "--oversubscribe"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "two_ranks_equal_one_rank_through_the_trainer_api",
+            "--test-threads=1",
+        ])
+        .env(CHILD, &out)
+        .env("TRAINER_API_JOB", two.dir.path())
+        .env("RAYON_NUM_THREADS", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    if !Path::new("/usr/bin/ssh").exists() {
+        cmd.env("OMPI_MCA_plm", "isolated");
+    }
+    let o = {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        cmd.output().unwrap()
+    };
+    ok(&o);
+    let r2: RankResult = serde_json::from_slice(&file_bytes(&out)).unwrap();
+    let one = Job::new("");
+    let r1 = run_steps(&load(&one, &[]), &collectives::Local::new());
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(1.0);
+    for (s, (a, b)) in r1.losses.iter().zip(&r2.losses).enumerate() {
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                x.zip(*y).is_some_and(|(x, y)| close(x, y)) || (x.is_none() && y.is_none()),
+                "train_loss step {s}: {a:?} vs {b:?}"
+            );
+        }
+    }
+    for (a, b) in r1.val_loss.iter().zip(&r2.val_loss) {
+        assert!(
+            close(*a, *b),
+            "val_loss {:?} vs {:?}",
+            r1.val_loss,
+            r2.val_loss
+        );
+    }
+    assert_eq!(
+        r1.params.keys().collect::<Vec<_>>(),
+        r2.params.keys().collect::<Vec<_>>()
+    );
+    for (name, a) in &r1.params {
+        let b = &r2.params[name];
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            diff / scale < 1e-5,
+            "{name}: max diff {diff} (scale {scale})"
+        );
+    }
+}
