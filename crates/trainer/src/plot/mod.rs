@@ -10,8 +10,9 @@
 
 pub mod draw;
 
-pub use crate::metrics::record::LineError;
-use crate::metrics::record::{in_task_order, MetricsFile, StepRecord};
+use crate::metrics::record::in_task_order;
+pub use crate::metrics::LineError;
+use crate::metrics::{MetricsFile, StepRecord};
 use std::path::Path;
 
 /// A run's `metrics.jsonl`, reduced to what the charts need: the header and one record per

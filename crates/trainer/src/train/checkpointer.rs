@@ -5,14 +5,15 @@
 //! Only rank 0 writes (parameters and optimizer state are identical on every rank).
 
 use super::faults::Faults;
-use super::state::{self, BackgroundWriter, Snapshot};
+use super::state::{self, Snapshot};
 use super::trainer::Trainer;
 use crate::metrics::{per_task, PerTask};
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use model::CausalLm;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 /// `best/summary.json`: the evaluation that made the model the best so far.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,6 +159,53 @@ fn snapshot(t: &Trainer<'_>) -> Result<Snapshot> {
         optimizer: t.opt.clone(),
         state: t.state.clone(),
     })
+}
+
+/// One background writer: a new job waits for the previous one (so at most one snapshot is
+/// in flight and checkpoints land in order).
+#[derive(Default)]
+pub struct BackgroundWriter {
+    pending: Option<(String, JoinHandle<Result<()>>)>,
+}
+
+impl BackgroundWriter {
+    /// Waits for the write in flight, if any.
+    ///
+    /// # Errors
+    /// The failed write's error (or a panic in it).
+    pub fn wait(&mut self) -> Result<()> {
+        if let Some((what, h)) = self.pending.take() {
+            match h.join() {
+                Ok(r) => r.with_context(|| format!("writing {what}"))?,
+                Err(_) => bail!("writing {what}: the writer thread panicked"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts `job` on a thread after the previous job finished.
+    ///
+    /// # Errors
+    /// The previous job's error.
+    pub fn submit(
+        &mut self,
+        what: String,
+        job: impl FnOnce() -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        self.wait()?;
+        self.pending = Some((what, std::thread::spawn(job)));
+        Ok(())
+    }
+}
+
+impl Drop for BackgroundWriter {
+    /// An early return (an error, a NaN stop) still lets the write in flight finish: a
+    /// checkpoint the log announced must exist.
+    fn drop(&mut self) {
+        if let Err(e) = self.wait() {
+            eprintln!("coba-dist: {e:#}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -170,18 +170,18 @@ pub fn start<'a>(
     st.probe_samples_per_task = Some(plan.probe_samples_per_task);
     // The ranks of this run write the next checkpoints (the global batch is what must stay).
     st.world_size = comm.world_size();
-    let probe = ProbeSampler::new(ds, plan.probe_samples_per_task, dc.seed);
-    Ok(Trainer::new(
+    Ok(Trainer {
         model,
         opt,
-        st,
+        state: st,
         comm,
         ds,
         sampler,
-        probe,
-        plan.shard,
-        plan.step.clone(),
-    ))
+        probe_sampler: ProbeSampler::new(ds, plan.probe_samples_per_task, dc.seed),
+        shard: plan.shard,
+        settings: plan.step.clone(),
+        layout_checked: false,
+    })
 }
 
 /// A fresh run's optimizer and state: `l_i(0)` from a full validation pass.

@@ -20,7 +20,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
 
 /// Format version of `state.json`.
 pub const STATE_VERSION: u32 = 1;
@@ -88,6 +87,23 @@ pub struct Snapshot {
     pub optimizer: AdamW,
     /// The rest.
     pub state: TrainState,
+}
+
+impl Snapshot {
+    /// Writes the model part as an HF directory (`config.json` + `model.safetensors`).
+    ///
+    /// # Errors
+    /// Any IO failure, naming the path.
+    fn save_model(&self, dir: &Path) -> Result<()> {
+        let parts = HfParts {
+            config_json: &self.config_json,
+            model_type: &self.model_type,
+            dtype: self.dtype,
+            tensors: &self.tensors,
+        };
+        save_hf_parts(&parts, dir)?;
+        Ok(())
+    }
 }
 
 /// Name of the checkpoint directory after `step` completed steps.
@@ -167,15 +183,7 @@ pub fn write_checkpoint(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("remove {}", tmp.display()))?;
     }
-    save_hf_parts(
-        &HfParts {
-            config_json: &snap.config_json,
-            model_type: &snap.model_type,
-            dtype: snap.dtype,
-            tensors: &snap.tensors,
-        },
-        &tmp.join("model"),
-    )?;
+    snap.save_model(&tmp.join("model"))?;
     if crash_after_model {
         eprintln!(
             "coba-dist: runtime.crash_in_checkpoint: aborting while writing {}",
@@ -300,53 +308,6 @@ fn check_safetensors_layout(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// One background writer: a new job waits for the previous one (so at most one snapshot is
-/// in flight and checkpoints land in order).
-#[derive(Default)]
-pub struct BackgroundWriter {
-    pending: Option<(String, JoinHandle<Result<()>>)>,
-}
-
-impl BackgroundWriter {
-    /// Waits for the write in flight, if any.
-    ///
-    /// # Errors
-    /// The failed write's error (or a panic in it).
-    pub fn wait(&mut self) -> Result<()> {
-        if let Some((what, h)) = self.pending.take() {
-            match h.join() {
-                Ok(r) => r.with_context(|| format!("writing {what}"))?,
-                Err(_) => bail!("writing {what}: the writer thread panicked"),
-            }
-        }
-        Ok(())
-    }
-
-    /// Starts `job` on a thread after the previous job finished.
-    ///
-    /// # Errors
-    /// The previous job's error.
-    pub fn submit(
-        &mut self,
-        what: String,
-        job: impl FnOnce() -> Result<()> + Send + 'static,
-    ) -> Result<()> {
-        self.wait()?;
-        self.pending = Some((what, std::thread::spawn(job)));
-        Ok(())
-    }
-}
-
-impl Drop for BackgroundWriter {
-    /// An early return (an error, a NaN stop) still lets the write in flight finish: a
-    /// checkpoint the log announced must exist.
-    fn drop(&mut self) {
-        if let Err(e) = self.wait() {
-            eprintln!("coba-dist: {e:#}");
-        }
-    }
-}
-
 /// Writes the best model to `output_dir/best/` atomically (HF model, `tokenizer.json`,
 /// `template.json`, `summary.json`).
 ///
@@ -367,15 +328,7 @@ pub fn write_best(
             std::fs::remove_dir_all(d).with_context(|| format!("remove {}", d.display()))?;
         }
     }
-    save_hf_parts(
-        &HfParts {
-            config_json: &snap.config_json,
-            model_type: &snap.model_type,
-            dtype: snap.dtype,
-            tensors: &snap.tensors,
-        },
-        &tmp,
-    )?;
+    snap.save_model(&tmp)?;
     std::fs::copy(tokenizer, tmp.join("tokenizer.json"))
         .with_context(|| format!("copy {}", tokenizer.display()))?;
     std::fs::write(tmp.join("template.json"), template_json)?;

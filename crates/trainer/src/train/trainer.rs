@@ -8,6 +8,8 @@
 use super::error::{RunError, Scoped};
 use super::evaluate;
 use super::faults::Faults;
+use super::objective::{objective, token_scales};
+pub use super::outcome::{EvalOutcome, ProbeOutcome, StepOutcome};
 use super::state::TrainState;
 use collectives::{all_reduce_named, BucketOptions, Communicator};
 use data::dataset::Dataset;
@@ -32,62 +34,11 @@ pub struct StepSettings {
     pub faults: Faults,
 }
 
-/// One training step's results (identical on every rank, except `explain`).
-#[derive(Debug, Clone)]
-pub struct StepOutcome {
-    /// The step (0-based).
-    pub step: u64,
-    /// Its learning rate.
-    pub lr: f64,
-    /// The weighted objective `Σ w_i L_i / Σ_{i present} w_i`, nats/token.
-    pub loss: f64,
-    /// Per-task mean training loss over the global batch (`None`: no tokens of the task).
-    pub train_loss: Vec<Option<f64>>,
-    /// The weights used, as rank 0 broadcast them.
-    pub weights: coba::WeightMessage,
-    /// CoBa's intermediates on computation steps (rank 0 only).
-    pub explain: Option<coba::CobaExplain>,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Non-padding tokens of the global batch.
-    pub tokens: f64,
-    /// Some rank was asked to stop (SIGTERM/SIGUSR1) before this step.
-    pub stop_requested: bool,
-    /// Wall time of the step, seconds.
-    pub step_time_s: f64,
-    /// Of which in collectives.
-    pub comm_time_s: f64,
-    /// Of which rank 0 spent computing the weights.
-    pub weight_time_s: f64,
-}
-
-/// A probe's results.
-#[derive(Debug, Clone)]
-pub struct ProbeOutcome {
-    /// Per-task mean probe loss, nats/token (`None`: the task had no probe tokens).
-    pub losses: Vec<Option<f64>>,
-    /// `l_i / l_i(0)` as the weighter observed them (rank 0 only; `None` on other ranks).
-    pub ratios: Option<Vec<Option<f64>>>,
-    /// Wall time, seconds.
-    pub time_s: f64,
-}
-
-/// A full validation's results.
-#[derive(Debug, Clone)]
-pub struct EvalOutcome {
-    /// Per-task mean validation loss, nats/token.
-    pub val_loss: Vec<f64>,
-    /// Mean over tasks of `val_loss_i / l_i(0)` (selects `best/`, drives early stopping).
-    pub ratio_mean: f64,
-    /// Wall time, seconds.
-    pub time_s: f64,
-}
-
 /// Step `c`'s weights as received, rank 0's CoBa intermediates, seconds computing them and
 /// seconds in the broadcast.
 type WeightsReceived = (coba::WeightMessage, Option<coba::CobaExplain>, f64, f64);
 
-/// The training job on one rank.
+/// The training job on one rank (built by `train::setup::start`).
 pub struct Trainer<'a> {
     /// The model (its parameters are identical on every rank after each step).
     pub model: Model,
@@ -95,44 +46,17 @@ pub struct Trainer<'a> {
     pub opt: AdamW,
     /// Everything else a checkpoint holds (cursor, weighter, best, metrics offset).
     pub state: TrainState,
-    comm: &'a dyn Communicator,
-    ds: &'a Dataset,
-    sampler: TrainSampler<'a>,
-    probe_sampler: ProbeSampler,
-    shard: Shard,
-    settings: StepSettings,
+    pub(super) comm: &'a dyn Communicator,
+    pub(super) ds: &'a Dataset,
+    pub(super) sampler: TrainSampler<'a>,
+    pub(super) probe_sampler: ProbeSampler,
+    pub(super) shard: Shard,
+    pub(super) settings: StepSettings,
     /// Gradient layouts are checked on the first step of this process only.
-    layout_checked: bool,
+    pub(super) layout_checked: bool,
 }
 
 impl<'a> Trainer<'a> {
-    /// Assembles a trainer from its parts (see `train::setup` for how a run builds them).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        model: Model,
-        opt: AdamW,
-        state: TrainState,
-        comm: &'a dyn Communicator,
-        ds: &'a Dataset,
-        sampler: TrainSampler<'a>,
-        probe_sampler: ProbeSampler,
-        shard: Shard,
-        settings: StepSettings,
-    ) -> Self {
-        Self {
-            model,
-            opt,
-            state,
-            comm,
-            ds,
-            sampler,
-            probe_sampler,
-            shard,
-            settings,
-            layout_checked: false,
-        }
-    }
-
     /// The step [`step`](Self::step) runs next (= steps completed).
     pub fn next_step(&self) -> u64 {
         self.state.next_step
@@ -371,60 +295,5 @@ impl<'a> Trainer<'a> {
             ratio_mean,
             time_s: te.elapsed().as_secs_f64(),
         })
-    }
-}
-
-/// Per-task token scale `w_i / (N_i Σ_{j present} w_j)` (N_i = the task's global loss-token
-/// count; 0 for an absent task), so that gradients summed over micro-batches and ranks are
-/// exactly those of `Σ_i w_i L_i / Σ_{i present} w_i`.
-pub fn token_scales(weights: &[f64], counts: &[f64]) -> Vec<f64> {
-    let present_w: f64 = weights
-        .iter()
-        .zip(counts)
-        .filter(|(_, &n)| n > 0.0)
-        .map(|(w, _)| w)
-        .sum();
-    weights
-        .iter()
-        .zip(counts)
-        .map(|(&w, &n)| {
-            if n > 0.0 && present_w > 0.0 {
-                w / (n * present_w)
-            } else {
-                0.0
-            }
-        })
-        .collect()
-}
-
-/// `Σ w_i L_i / Σ_{i present} w_i` over the tasks with a loss.
-pub fn objective(weights: &[f64], train_loss: &[Option<f64>]) -> f64 {
-    let (num, den) = weights
-        .iter()
-        .zip(train_loss)
-        .filter_map(|(w, l)| l.map(|l| (w * l, *w)))
-        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
-    num / f64::max(den, f64::MIN_POSITIVE)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_scales_normalise_over_present_tasks() {
-        // Task 1 has no tokens: the others share the objective by weight.
-        let s = token_scales(&[0.5, 0.3, 0.2], &[10.0, 0.0, 4.0]);
-        assert_eq!(s[1], 0.0);
-        assert!((s[0] - 0.5 / (10.0 * 0.7)).abs() < 1e-15);
-        assert!((s[2] - 0.2 / (4.0 * 0.7)).abs() < 1e-15);
-        // Summing scale × tokens gives Σ w / Σ w = 1.
-        assert!((s[0] * 10.0 + s[2] * 4.0 - 1.0).abs() < 1e-15);
-    }
-
-    #[test]
-    fn objective_is_the_weighted_mean_of_present_losses() {
-        let o = objective(&[0.5, 0.3, 0.2], &[Some(2.0), None, Some(1.0)]);
-        assert!((o - (0.5 * 2.0 + 0.2 * 1.0) / 0.7).abs() < 1e-15);
     }
 }

@@ -29,14 +29,16 @@
 //! assert!(bad.contains("train.lrr") && bad.contains("did you mean `train.lr`"), "{bad}");
 //! ```
 
-use coba::{MethodKind, Variant, WeighterConfig};
 use collectives::BackendChoice;
 use data::config::DataConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+mod coba_section;
 mod load;
 mod validate;
+
+pub use coba_section::{AutoOr, AutoTag, CobaSection};
 
 pub use load::{env_vars, load, ConfigError, Sources};
 pub use validate::validate;
@@ -246,105 +248,6 @@ impl Default for TrainSection {
     }
 }
 
-/// A step count that may be `"auto"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
-pub enum AutoOr {
-    /// An explicit value.
-    Value(u64),
-    /// `"auto"`.
-    Auto(AutoTag),
-}
-
-impl<'de> Deserialize<'de> for AutoOr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-            Other(serde::de::IgnoredAny),
-        }
-        let bad = || serde::de::Error::custom("expected a whole number >= 0 or \"auto\"");
-        match Raw::deserialize(d).map_err(|_: D::Error| bad())? {
-            Raw::N(n) => Ok(AutoOr::Value(n)),
-            Raw::S(s) if s == "auto" => Ok(AutoOr::Auto(AutoTag::Auto)),
-            _ => Err(bad()),
-        }
-    }
-}
-
-/// The literal string `"auto"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AutoTag {
-    /// `"auto"`.
-    Auto,
-}
-
-/// `[coba]`: the weighting method and its schedule (see `coba::WeighterConfig`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CobaSection {
-    /// `coba`, `uniform`, `lbtw`, `dwa` or `famo`. Default coba.
-    pub method: MethodKind,
-    /// `mftcoder` (default) or `paper`.
-    pub variant: Variant,
-    /// W in steps, or `"auto"` = M, the number of validation batches (paper, Section 3.1).
-    /// Default 100.
-    pub warmup_steps: AutoOr,
-    /// H in probes, or `"auto"` = 2M. Default 200.
-    pub history_length: AutoOr,
-    /// τ. Default 5.
-    pub tau: f64,
-    /// U in steps. Default 1.
-    pub update_interval: u64,
-    /// Samples per task in one probe, summed over ranks; overrides `data.probe_samples_per_task`.
-    pub probe_samples_per_task: Option<usize>,
-}
-
-impl Default for CobaSection {
-    fn default() -> Self {
-        let w = WeighterConfig::default();
-        Self {
-            method: w.method,
-            variant: w.variant,
-            warmup_steps: AutoOr::Value(w.warmup_steps),
-            history_length: AutoOr::Value(w.history_length as u64),
-            tau: w.tau,
-            update_interval: w.update_interval,
-            probe_samples_per_task: None,
-        }
-    }
-}
-
-impl std::fmt::Display for AutoOr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AutoOr::Value(v) => write!(f, "{v}"),
-            AutoOr::Auto(_) => f.write_str("auto"),
-        }
-    }
-}
-
-impl CobaSection {
-    /// The weighter settings, with `"auto"` resolved from `m` validation batches.
-    pub fn weighter_config(&self, m: u64) -> WeighterConfig {
-        let resolve = |v: AutoOr, auto: u64| match v {
-            AutoOr::Value(v) => v,
-            AutoOr::Auto(_) => auto,
-        };
-        WeighterConfig {
-            method: self.method,
-            variant: self.variant,
-            warmup_steps: resolve(self.warmup_steps, m),
-            history_length: resolve(self.history_length, (2 * m).max(2)) as usize,
-            tau: self.tau,
-            update_interval: self.update_interval,
-        }
-    }
-}
-
 /// `[checkpoint]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -458,153 +361,4 @@ impl TrainConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn base() -> String {
-        r#"
-output_dir = "out"
-[model]
-tokenizer = "t.json"
-[model.arch]
-hidden_size = 32
-num_hidden_layers = 1
-num_attention_heads = 4
-[data]
-tasks = [{ name = "a", paths = ["a.jsonl"] }]
-"#
-        .into()
-    }
-
-    fn src(toml: String, env: &[(&str, &str)], sets: &[&str]) -> Sources {
-        Sources {
-            toml: Some((toml, "c.toml".into())),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            sets: sets.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-
-    #[test]
-    fn layers_apply_in_order_file_env_set() {
-        let t = base() + "[train]\nlr = 0.1\nseed = 1\n";
-        let c = load(&src(t.clone(), &[], &[])).unwrap();
-        assert_eq!((c.train.lr, c.train.seed), (0.1, 1));
-        let c = load(&src(t.clone(), &[("COBA_TRAIN__LR", "2.0e-5")], &[])).unwrap();
-        assert_eq!(c.train.lr, 2.0e-5);
-        let c = load(&src(t, &[("COBA_TRAIN__LR", "2.0e-5")], &["train.lr=0.5"])).unwrap();
-        assert_eq!(c.train.lr, 0.5);
-    }
-
-    #[test]
-    fn auto_history_and_warmup() {
-        let t = base() + "[coba]\nwarmup_steps = \"auto\"\nhistory_length = \"auto\"\n";
-        let c = load(&src(t, &[], &[])).unwrap();
-        let w = c.coba.weighter_config(7);
-        assert_eq!((w.warmup_steps, w.history_length), (7, 14));
-        let c = load(&src(base(), &[], &["coba.warmup_steps=3"])).unwrap();
-        assert_eq!(c.coba.weighter_config(7).warmup_steps, 3);
-    }
-
-    #[test]
-    fn unknown_keys_name_source_line_and_suggestion() {
-        let t = base() + "[train]\nmicro_batch = 2\n";
-        let e = load(&src(t, &[], &[])).unwrap_err().0;
-        assert!(e.contains("unknown key `train.micro_batch`"), "{e}");
-        assert!(e.contains("c.toml:12"), "{e}");
-        assert!(e.contains("did you mean `train.micro_batch_size`"), "{e}");
-        let e = load(&src(base(), &[("COBA_COBA__TAUU", "2.0")], &[]))
-            .unwrap_err()
-            .0;
-        assert!(
-            e.contains("COBA_COBA__TAUU") && e.contains("`coba.tau`"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn bad_values_name_the_key() {
-        let e = load(&src(base(), &[], &["train.lr=-1.0"])).unwrap_err().0;
-        assert!(e.contains("train.lr"), "{e}");
-        let e = load(&src(base(), &[], &["train.micro_batch_size=\"x\""]))
-            .unwrap_err()
-            .0;
-        assert!(
-            e.contains("train.micro_batch_size") && e.contains("--set"),
-            "{e}"
-        );
-        let e = load(&src(base(), &[], &["coba.tau=0.0"])).unwrap_err().0;
-        assert!(e.contains("coba"), "{e}");
-        let e = load(&src("output_dir = [".into(), &[], &[])).unwrap_err().0;
-        assert!(e.contains("c.toml") && e.contains("line 1"), "{e}");
-        let e = load(&src(base().replace("output_dir = \"out\"", ""), &[], &[]))
-            .unwrap_err()
-            .0;
-        assert!(e.contains("missing key `output_dir`"), "{e}");
-    }
-
-    #[test]
-    fn backend_and_model_type_are_parsed_once_into_types() {
-        let c = load(&src(
-            base(),
-            &[],
-            &["runtime.backend=mpi", "model.arch.model_type=qwen2"],
-        ))
-        .unwrap();
-        assert_eq!(c.runtime.backend, BackendChoice::Mpi);
-        assert_eq!(
-            c.model.arch.as_ref().unwrap().model_type,
-            ArchModelType::Qwen2
-        );
-        // They round-trip through the resolved TOML as their strings.
-        let again: TrainConfig = toml::from_str(&c.to_toml()).unwrap();
-        assert_eq!(again, c);
-        assert!(c.to_toml().contains("backend = \"mpi\""));
-        let e = load(&src(base(), &[], &["runtime.backend=tcp"]))
-            .unwrap_err()
-            .0;
-        assert!(
-            e.contains("runtime.backend") && e.contains("expected auto, local, mpi or nccl"),
-            "{e}"
-        );
-        let e = load(&src(base(), &[], &["model.arch.model_type=gpt2"]))
-            .unwrap_err()
-            .0;
-        assert!(
-            e.contains("model.arch.model_type") && e.contains("qwen2"),
-            "{e}"
-        );
-    }
-
-    /// `configs/reference.toml` states every default: loading it must give exactly the
-    /// defaults of the code (a changed default without a changed reference fails here).
-    #[test]
-    fn reference_toml_lists_the_real_defaults() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/reference.toml");
-        let text = std::fs::read_to_string(path).unwrap();
-        let c = load(&src(text.clone(), &[], &[])).unwrap();
-        assert_eq!(c.train, TrainSection::default());
-        assert_eq!(c.coba, CobaSection::default());
-        assert_eq!(c.checkpoint, CheckpointSection::default());
-        assert_eq!(c.runtime, RuntimeSection::default());
-        let mut data = DataConfig::with_tasks(c.data.tasks.clone());
-        data.template = c.data.template.clone();
-        assert_eq!(c.data, data);
-        // Every section key of the code appears in the file (commented or not).
-        let all = toml::to_string(&c).unwrap();
-        for line in all.lines() {
-            if let Some(key) = line.split(" = ").next().filter(|_| line.contains(" = ")) {
-                assert!(text.contains(key.trim()), "reference.toml lacks `{key}`");
-            }
-        }
-    }
-
-    #[test]
-    fn resolved_config_round_trips_through_toml() {
-        let c = load(&src(base(), &[], &["coba.history_length=\"auto\""])).unwrap();
-        let again = load(&src(c.to_toml(), &[], &[])).unwrap();
-        assert_eq!(c, again);
-    }
-}
+mod tests;

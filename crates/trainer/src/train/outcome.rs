@@ -1,8 +1,59 @@
-//! A step's outcomes as the typed metrics record ([`StepRecord`], the README's metrics
-//! table): the step itself, then what the probe and the evaluation add.
+//! What the [`Trainer`](super::Trainer)'s methods return, and each as its part of the typed
+//! metrics record ([`StepRecord`], the README's metrics table): the step itself, then what the
+//! probe and the evaluation add.
 
-use super::trainer::{EvalOutcome, ProbeOutcome, StepOutcome};
 use crate::metrics::{per_task, StepRecord};
+
+/// One training step's results (identical on every rank, except `explain`).
+#[derive(Debug, Clone)]
+pub struct StepOutcome {
+    /// The step (0-based).
+    pub step: u64,
+    /// Its learning rate.
+    pub lr: f64,
+    /// The weighted objective `Σ w_i L_i / Σ_{i present} w_i`, nats/token.
+    pub loss: f64,
+    /// Per-task mean training loss over the global batch (`None`: no tokens of the task).
+    pub train_loss: Vec<Option<f64>>,
+    /// The weights used, as rank 0 broadcast them.
+    pub weights: coba::WeightMessage,
+    /// CoBa's intermediates on computation steps (rank 0 only).
+    pub explain: Option<coba::CobaExplain>,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Non-padding tokens of the global batch.
+    pub tokens: f64,
+    /// Some rank was asked to stop (SIGTERM/SIGUSR1) before this step.
+    pub stop_requested: bool,
+    /// Wall time of the step, seconds.
+    pub step_time_s: f64,
+    /// Of which in collectives.
+    pub comm_time_s: f64,
+    /// Of which rank 0 spent computing the weights.
+    pub weight_time_s: f64,
+}
+
+/// A probe's results.
+#[derive(Debug, Clone)]
+pub struct ProbeOutcome {
+    /// Per-task mean probe loss, nats/token (`None`: the task had no probe tokens).
+    pub losses: Vec<Option<f64>>,
+    /// `l_i / l_i(0)` as the weighter observed them (rank 0 only; `None` on other ranks).
+    pub ratios: Option<Vec<Option<f64>>>,
+    /// Wall time, seconds.
+    pub time_s: f64,
+}
+
+/// A full validation's results.
+#[derive(Debug, Clone)]
+pub struct EvalOutcome {
+    /// Per-task mean validation loss, nats/token.
+    pub val_loss: Vec<f64>,
+    /// Mean over tasks of `val_loss_i / l_i(0)` (selects `best/`, drives early stopping).
+    pub ratio_mean: f64,
+    /// Wall time, seconds.
+    pub time_s: f64,
+}
 
 impl StepOutcome {
     /// The record of this step; `parameters` gives `gflops_per_s` (6 × parameters × tokens).
