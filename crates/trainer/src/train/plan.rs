@@ -57,9 +57,8 @@ impl Plan {
         };
         let validation_batches = evaluate::validation_batches(ds, shard.global_rows());
         let weighting = cfg.coba.weighter_config(validation_batches);
-        coba::Schedule::new(weighting.warmup_steps, weighting.update_interval)
-            .map_err(|e| anyhow::anyhow!("[coba]: {e}"))
-            .bad_input()?;
+        // The weighter owns its schedule (W, U); `config::validate` and `coba::Weighter::new`
+        // check the settings.
         let lr_schedule = match t.lr_schedule {
             LrKind::Cosine => LrSchedule::Cosine {
                 max_lr: t.lr,
