@@ -26,6 +26,12 @@ fn a_metrics_file_of_the_earlier_version_reads_and_writes_back_byte_for_byte() {
     assert!(step(50).df.is_some() && step(50).rcs.as_ref().is_some_and(|m| m.len() == 6));
     assert_eq!(step(50).weights_source.as_deref(), Some("computed"));
     assert!(step(59).val_ratio_mean.is_some() && step(59).val_loss.is_some());
-    let w: f64 = step(0).weights.as_ref().unwrap().values().map(|v| v.unwrap()).sum();
+    let w: f64 = step(0)
+        .weights
+        .as_ref()
+        .unwrap()
+        .values()
+        .map(|v| v.unwrap())
+        .sum();
     assert!((w - 1.0).abs() < 1e-12, "weights sum to 1: {w}");
 }

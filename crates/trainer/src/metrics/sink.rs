@@ -4,7 +4,8 @@
 //! TensorBoard layout: `tb/run/` holds the run's scalars (`loss`, `lr`, `grad_norm`,
 //! `tokens_per_s`, `df`, `val_ratio_mean`, times, ...) and `tb/tasks/<task>/` each task's
 //! values under the same tags for every task (`train_loss`, `val_ratio`, `weights`, `rcs`,
-//! `acs`, `val_loss`, `probe_val_loss`). TensorBoard draws one chart per tag with one line per
+//! `acs`, `val_loss`, `probe_val_loss`); `<task>` is the name with unsafe characters replaced
+//! ([`task_dir_names`]). TensorBoard draws one chart per tag with one line per
 //! run, so each quantity is one chart with a line per task (as PyTorch's `add_scalars` does).
 
 use super::jsonl::MetricsWriter;
@@ -36,6 +37,23 @@ pub fn task_dir_name(task: &str) -> String {
         s.insert(0, '_');
     }
     s
+}
+
+/// The directory names of `tasks`: [`task_dir_name`] of each, with `-<task index>` appended
+/// to every name that two tasks would share (`a b` and `a/b` both map to `a_b`).
+pub fn task_dir_names(tasks: &[String]) -> Vec<String> {
+    let names: Vec<String> = tasks.iter().map(|t| task_dir_name(t)).collect();
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            if names.iter().filter(|m| *m == n).count() > 1 {
+                format!("{n}-{i}")
+            } else {
+                n.clone()
+            }
+        })
+        .collect()
 }
 
 impl TensorBoard {
@@ -122,5 +140,7 @@ mod tests {
         assert_eq!(task_dir_name("a/b c"), "a_b_c");
         assert_eq!(task_dir_name(".."), "_..");
         assert_eq!(task_dir_name(""), "_");
+        let tasks = ["a b", "c", "a/b"].map(String::from);
+        assert_eq!(task_dir_names(&tasks), vec!["a_b-0", "c", "a_b-2"]);
     }
 }
