@@ -50,6 +50,47 @@ impl Model {
         }
     }
 
+    /// The LoRA adapters, if attached.
+    pub fn lora(&self) -> Option<&crate::lora::Lora> {
+        self.as_llama().and_then(Llama::lora)
+    }
+
+    /// Attaches adapters: fresh ones from `seed`, or `tensors` (PEFT keys) when given.
+    ///
+    /// # Errors
+    /// [`ModelError::Unsupported`] for Phi; invalid settings or adapter tensors.
+    pub fn attach_lora(
+        &mut self,
+        settings: crate::lora::LoraSettings,
+        seed: u64,
+        tensors: Option<BTreeMap<String, Tensor>>,
+    ) -> Result<(), ModelError> {
+        let Model::Llama(m) = self else {
+            return Err(ModelError::Unsupported(
+                "LoRA is implemented for the Llama family (llama, qwen2, mistral)".into(),
+            ));
+        };
+        let shapes = m.projection_shapes();
+        let dtype = crate::lora::adapter_dtype(m.dtype());
+        let lora = match tensors {
+            None => crate::lora::Lora::new(settings, &shapes, seed, dtype, m.device())?,
+            Some(t) => crate::lora::Lora::from_tensors(settings, &shapes, t, dtype)?,
+        };
+        m.set_lora(lora);
+        Ok(())
+    }
+
+    /// The weights to save as a full HF model: the base with any adapters merged in.
+    ///
+    /// # Errors
+    /// A tensor failure.
+    pub fn merged_tensors(&self) -> Result<BTreeMap<String, Tensor>, ModelError> {
+        match self {
+            Model::Llama(m) => m.merged_tensors(),
+            Model::Phi(m) => Ok(m.tensors()),
+        }
+    }
+
     fn inner(&self) -> &dyn CausalLm {
         match self {
             Model::Llama(m) => m,

@@ -23,6 +23,7 @@ mod kv_cache;
 pub mod layers;
 mod llama;
 mod lm;
+pub mod lora;
 mod loss;
 pub mod optim;
 mod phi;

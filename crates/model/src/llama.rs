@@ -7,10 +7,11 @@
 use super::batch::TokenBatch;
 use super::config::LlamaConfig;
 use super::error::ModelError;
-use super::fused::{linear, merge_heads, rms_norm, split_heads, swiglu, RopeTables};
+use super::fused::{frozen_linear, linear, merge_heads, rms_norm, split_heads, swiglu, RopeTables};
 use super::init::SplitMix64;
 use super::kv_cache::{positions, run_blocks, Attend, KvCache};
 use super::lm::CausalLm;
+use super::lora::Lora;
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::BTreeMap;
 
@@ -61,6 +62,8 @@ pub fn is_norm_or_bias(name: &str) -> bool {
 }
 
 struct Layer {
+    /// The layer's index (its LoRA adapters' key).
+    index: usize,
     in_norm: Var,
     post_norm: Var,
     q: Var,
@@ -86,6 +89,8 @@ pub struct Llama {
     norm: Var,
     lm_head: Var,
     layers: Vec<Layer>,
+    /// LoRA adapters: when present they are the only trainable parameters.
+    lora: Option<Lora>,
 }
 
 impl std::fmt::Debug for Llama {
@@ -170,6 +175,7 @@ impl Llama {
             .map(|i| {
                 let p = format!("model.layers.{i}");
                 Layer {
+                    index: i,
                     in_norm: get(&format!("{p}.input_layernorm.weight")),
                     post_norm: get(&format!("{p}.post_attention_layernorm.weight")),
                     q: get(&format!("{p}.self_attn.q_proj.weight")),
@@ -201,7 +207,118 @@ impl Llama {
             embed,
             lm_head,
             layers,
+            lora: None,
         })
+    }
+
+    /// Per layer, the `(out, in)` shape of each projection LoRA can target.
+    pub fn projection_shapes(&self) -> Vec<BTreeMap<String, (usize, usize)>> {
+        self.layers
+            .iter()
+            .map(|l| {
+                [
+                    ("q_proj", &l.q),
+                    ("k_proj", &l.k),
+                    ("v_proj", &l.v),
+                    ("o_proj", &l.o),
+                    ("gate_proj", &l.gate),
+                    ("up_proj", &l.up),
+                    ("down_proj", &l.down),
+                ]
+                .into_iter()
+                .map(|(n, v)| {
+                    let d = v.dims();
+                    (n.to_string(), (d[0], d[1]))
+                })
+                .collect()
+            })
+            .collect()
+    }
+
+    /// Attaches LoRA adapters: from now on they are [`CausalLm::params`] (the trainable
+    /// parameters) and the base weights are frozen.
+    pub fn set_lora(&mut self, lora: Lora) {
+        self.lora = Some(lora);
+    }
+
+    /// The adapters, if attached.
+    pub fn lora(&self) -> Option<&Lora> {
+        self.lora.as_ref()
+    }
+
+    /// The base model's parameters by HF name (also with adapters attached).
+    pub fn base_params(&self) -> &BTreeMap<String, Var> {
+        &self.params
+    }
+
+    /// The base weights with the adapters merged in, by HF name: `W + s B A` computed in f32
+    /// and cast to the model dtype (what PEFT's `merge_and_unload` gives). Without adapters,
+    /// the base weights.
+    ///
+    /// # Errors
+    /// A tensor failure.
+    pub fn merged_tensors(&self) -> Result<BTreeMap<String, Tensor>, ModelError> {
+        let mut out: BTreeMap<String, Tensor> = self
+            .params
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+            .collect();
+        let Some(lora) = &self.lora else {
+            return Ok(out);
+        };
+        let s = lora.settings.scale();
+        for i in 0..self.layers.len() {
+            for m in &lora.settings.target_modules {
+                let Some(ad) = lora.get(i, m) else { continue };
+                let name = format!(
+                    "model.layers.{i}.{}.{m}.weight",
+                    crate::lora::projection_parent(m)
+                );
+                let w = out[&name].to_dtype(DType::F32)?;
+                let ba = ad.b.as_tensor().matmul(ad.a.as_tensor())?;
+                let merged = (w + ba.affine(s, 0.0)?)?.to_dtype(self.dtype)?;
+                out.insert(name, merged);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `x W^T (+ b)` of projection `module` in layer `layer`, plus its LoRA delta when
+    /// adapted (then the base is frozen).
+    #[allow(clippy::too_many_arguments)]
+    fn proj(
+        &self,
+        layer: usize,
+        module: &str,
+        x: &Tensor,
+        wv: &Var,
+        bv: Option<&Var>,
+        track: bool,
+    ) -> candle_core::Result<Tensor> {
+        let adapter = self
+            .lora
+            .as_ref()
+            .and_then(|l| Some((l, l.get(layer, module)?)));
+        match adapter {
+            None if self.lora.is_some() => {
+                let b = bv.map(|b| b.as_tensor().clone());
+                frozen_linear(x, wv.as_tensor(), b.as_ref())
+            }
+            None => {
+                let b = bv.map(|b| w(b, track));
+                linear(x, &w(wv, track), b.as_ref())
+            }
+            Some((lora, ad)) => {
+                let b = bv.map(|b| b.as_tensor().clone());
+                let base = frozen_linear(x, wv.as_tensor(), b.as_ref())?;
+                base + lora.delta(ad, x, track)?
+            }
+        }
+    }
+
+    /// Whether base weights join the graph (not when adapters are attached: frozen base).
+    fn track_base(&self, track: bool) -> bool {
+        track && self.lora.is_none()
     }
 
     /// The configuration.
@@ -220,7 +337,7 @@ impl Llama {
         batch.validate(self.cfg.vocab_size)?;
         let (rows, seq, d) = (batch.rows, batch.seq_len, self.cfg.hidden_size);
         let ids = Tensor::from_slice(&batch.input_ids, rows * seq, &self.device)?;
-        let x = w(&self.embed, track)
+        let x = w(&self.embed, self.track_base(track))
             .index_select(&ids, 0)?
             .reshape((rows, seq, d))?;
         let start = cache.as_ref().map_or(0, |c| c.len());
@@ -236,7 +353,8 @@ impl Llama {
         let x = run_blocks(x, &self.layers, batch, cache, |x, l, attend| {
             self.block(x, l, &tables, attend, track)
         })?;
-        Ok(rms_norm(&x, &w(&self.norm, track), self.cfg.rms_norm_eps)?)
+        let tb = self.track_base(track);
+        Ok(rms_norm(&x, &w(&self.norm, tb), self.cfg.rms_norm_eps)?)
     }
 
     fn block(
@@ -253,20 +371,24 @@ impl Llama {
             self.cfg.head_dim(),
         );
         let eps = self.cfg.rms_norm_eps;
-        let ow = |v: &Option<Var>| v.as_ref().map(|v| w(v, track));
-        let h = rms_norm(x, &w(&l.in_norm, track), eps)?;
-        let q = linear(&h, &w(&l.q, track), ow(&l.q_b).as_ref())?;
-        let k = linear(&h, &w(&l.k, track), ow(&l.k_b).as_ref())?;
-        let v = linear(&h, &w(&l.v, track), ow(&l.v_b).as_ref())?;
+        let i = l.index;
+        let tb = self.track_base(track);
+        let p = |m: &str, x: &Tensor, wv: &Var, bv: &Option<Var>| {
+            self.proj(i, m, x, wv, bv.as_ref(), track)
+        };
+        let h = rms_norm(x, &w(&l.in_norm, tb), eps)?;
+        let q = p("q_proj", &h, &l.q, &l.q_b)?;
+        let k = p("k_proj", &h, &l.k, &l.k_b)?;
+        let v = p("v_proj", &h, &l.v, &l.v_b)?;
         let q = split_heads(&q, nh, Some(tables))?;
         let k = split_heads(&k, nkv, Some(tables))?;
         let v = split_heads(&v, nkv, None)?;
         let o = merge_heads(&attend.run(&q, &k, &v, 1.0 / (hd as f64).sqrt())?)?;
-        let x = (x + linear(&o, &w(&l.o, track), ow(&l.o_b).as_ref())?)?;
-        let h = rms_norm(&x, &w(&l.post_norm, track), eps)?;
-        let g = linear(&h, &w(&l.gate, track), None)?;
-        let u = linear(&h, &w(&l.up, track), None)?;
-        x + linear(&swiglu(&g, &u)?, &w(&l.down, track), None)?
+        let x = (x + p("o_proj", &o, &l.o, &l.o_b)?)?;
+        let h = rms_norm(&x, &w(&l.post_norm, tb), eps)?;
+        let g = p("gate_proj", &h, &l.gate, &None)?;
+        let u = p("up_proj", &h, &l.up, &None)?;
+        x + p("down_proj", &swiglu(&g, &u)?, &l.down, &None)?
     }
 }
 
@@ -285,7 +407,7 @@ impl CausalLm for Llama {
     }
 
     fn head(&self, track: bool) -> (Tensor, Option<Tensor>) {
-        (w(&self.lm_head, track), None)
+        (w(&self.lm_head, self.track_base(track)), None)
     }
 
     fn head_names(&self) -> (&'static str, Option<&'static str>) {
@@ -298,7 +420,10 @@ impl CausalLm for Llama {
     }
 
     fn params(&self) -> &BTreeMap<String, Var> {
-        &self.params
+        match &self.lora {
+            Some(l) => l.params(),
+            None => &self.params,
+        }
     }
 
     fn vocab_size(&self) -> usize {

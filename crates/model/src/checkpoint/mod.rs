@@ -4,10 +4,12 @@
 mod error;
 mod gguf;
 mod hf;
+mod peft;
 
 pub use error::CheckpointError;
 pub use gguf::{gguf_to_hf_name, load_gguf, unpermute_rows};
 pub use hf::{load_hf_dir, save_hf_dir, save_hf_parts, HfParts};
+pub use peft::{load_adapter, save_adapter, AdapterConfig, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 
 use crate::Model;
 use candle_core::{DType, Device, Tensor};
@@ -22,11 +24,16 @@ use std::path::Path;
 /// # Errors
 /// candle's serialization or IO error, or a failed `chmod`.
 pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> candle_core::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     candle_core::safetensors::save(tensors, path)?;
-    let mode = 0o666 & !umask();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    set_output_permissions(path)?;
     Ok(())
+}
+
+/// `chmod 0666 & !umask` (see [`save_safetensors`]).
+fn set_output_permissions(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = 0o666 & !umask();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
 /// The process umask from `/proc/self/status` (Linux 4.7+), else the common `022`.

@@ -163,6 +163,11 @@ impl CustomOp2 for HeadCrossEntropy {
             DType::F64 => self.grad_logits::<f64>(h, w, &g, saved)?,
             other => bail!("{}: unsupported dtype {other:?}", self.name()),
         };
-        Ok((Some(dlogits.matmul(w)?), Some(dlogits.t()?.matmul(h)?)))
+        // A frozen head (detached: LoRA) gets no (vocab, d) weight gradient.
+        let dw = match w.track_op() {
+            true => Some(dlogits.t()?.matmul(h)?),
+            false => None,
+        };
+        Ok((Some(dlogits.matmul(w)?), dw))
     }
 }

@@ -15,6 +15,22 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D}
 /// # Errors
 /// Shape or dtype mismatch, or a tensor failure.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    linear_op(x, w, b, Linear { frozen: false })
+}
+
+/// [`linear`] for a frozen weight (LoRA's base): the backward returns `dx` only, so no
+/// `(out, in)` weight gradient is computed or kept (candle's matmul backward computes `dw`
+/// even for a plain tensor). `w` and `b` are taken detached. Off the CPU fast path the composed
+/// form runs on the detached weight (same values, the gradient computed and dropped).
+///
+/// # Errors
+/// Shape or dtype mismatch, or a tensor failure.
+pub fn frozen_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let b = b.map(Tensor::detach);
+    linear_op(x, &w.detach(), b.as_ref(), Linear { frozen: true })
+}
+
+fn linear_op(x: &Tensor, w: &Tensor, b: Option<&Tensor>, op: Linear) -> Result<Tensor> {
     if !(fused_ok(x) && fused_ok(w) && x.dtype() == w.dtype()) {
         return layers::linear(x, w, b);
     }
@@ -22,7 +38,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     if x.dim(D::Minus1)? != in_f {
         bail!("linear: input {:?} for weight {:?}", x.dims(), w.dims());
     }
-    let y = x.contiguous()?.apply_op2(&w.contiguous()?, Linear)?;
+    let y = x.contiguous()?.apply_op2(&w.contiguous()?, op)?;
     debug_assert_eq!(y.dim(D::Minus1)?, out_f);
     match b {
         Some(b) => y.broadcast_add(b),
@@ -30,7 +46,10 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
-struct Linear;
+/// The product node; `frozen`: no weight gradient.
+struct Linear {
+    frozen: bool,
+}
 
 /// The forward product of [`Linear`] for given sizes.
 struct XwT {
@@ -128,6 +147,9 @@ impl CustomOp2 for Linear {
         let rows = x.elem_count() / in_f.max(1);
         let g = grad_res.reshape((rows, out_f))?;
         let dx = g.matmul(w)?.reshape(x.shape())?;
+        if self.frozen {
+            return Ok((Some(dx), None));
+        }
         let dw = g.t()?.matmul(&x.reshape((rows, in_f))?)?;
         Ok((Some(dx), Some(dw)))
     }

@@ -28,7 +28,7 @@ pub use attention::attention;
 pub use cross_entropy::cross_entropy;
 pub use head_loss::head_cross_entropy;
 pub use heads::{merge_heads, split_heads};
-pub use linear::linear;
+pub use linear::{frozen_linear, linear};
 pub use rms_norm::rms_norm;
 pub use rope::RopeTables;
 pub use softmax::AttentionMask;

@@ -1,0 +1,255 @@
+//! LoRA adapters (Hu et al. 2021) with PEFT's semantics (peft 0.21, `LoraLayer`): for a
+//! targeted linear layer `W (out, in)`, `y = x W^T + (x A^T B^T) * s` with `A (r, in)`,
+//! `B (out, r)`, `s = alpha / r` (`alpha / sqrt(r)` with rsLoRA). `A` is initialised
+//! kaiming-uniform with `a = sqrt(5)`, i.e. `U(-1/sqrt(in), 1/sqrt(in))`, and `B = 0`, so a
+//! fresh adapter leaves the model unchanged. Adapters are f32 (f64 over an f64 base) and the only trainable
+//! parameters; the base is frozen and its matmul's backward computes no weight gradient
+//! ([`crate::fused::frozen_linear`]).
+//!
+//! Adapter names are PEFT's saved keys, e.g.
+//! `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`.
+
+use crate::error::ModelError;
+use crate::init::SplitMix64;
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The projections of a Llama-family block LoRA can target (PEFT's module names).
+pub const LLAMA_PROJECTIONS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// The sub-module path of a projection inside a decoder layer (`self_attn` or `mlp`).
+pub fn projection_parent(module: &str) -> &'static str {
+    match module {
+        "gate_proj" | "up_proj" | "down_proj" => "mlp",
+        _ => "self_attn",
+    }
+}
+
+/// `[lora]` settings as PEFT's `LoraConfig` names them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraSettings {
+    /// Rank r (>= 1).
+    pub r: usize,
+    /// alpha (the scale numerator).
+    pub alpha: f64,
+    /// Dropout on the input of A (PEFT `lora_dropout`); only 0 in this version.
+    pub dropout: f64,
+    /// Targeted projections (names from [`LLAMA_PROJECTIONS`]), sorted.
+    pub target_modules: Vec<String>,
+    /// rsLoRA scaling `alpha / sqrt(r)`.
+    pub use_rslora: bool,
+}
+
+impl LoraSettings {
+    /// The scale `s` applied to `B A x`.
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora {
+            self.alpha / (self.r as f64).sqrt()
+        } else {
+            self.alpha / self.r as f64
+        }
+    }
+
+    /// Checks r, alpha, dropout and the module names.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] naming the setting.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.r == 0 {
+            return Err(ModelError::Config("lora.r must be at least 1".into()));
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(ModelError::Config(format!(
+                "lora.alpha must be > 0, got {}",
+                self.alpha
+            )));
+        }
+        if self.dropout != 0.0 {
+            // Dropout masks must be a pure function of (seed, step, global row) to keep
+            // resume == uninterrupted and N ranks == 1 rank; not written yet.
+            return Err(ModelError::Unsupported(format!(
+                "lora.dropout = {}: only 0 is implemented in this version",
+                self.dropout
+            )));
+        }
+        if self.target_modules.is_empty() {
+            return Err(ModelError::Config("lora.target_modules is empty".into()));
+        }
+        if let Some(m) = self
+            .target_modules
+            .iter()
+            .find(|m| !LLAMA_PROJECTIONS.contains(&m.as_str()))
+        {
+            return Err(ModelError::Config(format!(
+                "lora.target_modules: unknown module `{m}` (expected \"all-linear\" or some of {})",
+                LLAMA_PROJECTIONS.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The adapters' dtype over a base of dtype `base`: f32 (PEFT keeps adapters in f32 over a
+/// 16-bit base), f64 over an f64 base (gradient checks).
+pub fn adapter_dtype(base: DType) -> DType {
+    if base == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+/// PEFT's key of adapter matrix `ab` ("A" or "B") of `module` in layer `layer`.
+pub fn adapter_name(layer: usize, module: &str, ab: char) -> String {
+    format!(
+        "base_model.model.model.layers.{layer}.{}.{module}.lora_{ab}.weight",
+        projection_parent(module)
+    )
+}
+
+/// One adapted projection: `A (r, in)` and `B (out, r)`.
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    /// `lora_A`.
+    pub a: Var,
+    /// `lora_B`.
+    pub b: Var,
+}
+
+/// The adapters of a model: per (layer, projection) an [`Adapter`], and the same variables by
+/// PEFT name (the model's trainable parameters).
+#[derive(Debug, Clone)]
+pub struct Lora {
+    /// The settings.
+    pub settings: LoraSettings,
+    layers: Vec<BTreeMap<String, Adapter>>,
+    params: BTreeMap<String, Var>,
+}
+
+impl Lora {
+    /// Fresh adapters for `shapes` (per layer: projection name → base weight `(out, in)`),
+    /// `A ~ U(±1/sqrt(in))` drawn from `seed` in layer, then projection order; `B = 0`; in
+    /// `dtype` (see [`adapter_dtype`]).
+    ///
+    /// # Errors
+    /// Invalid settings, or a tensor failure.
+    pub fn new(
+        settings: LoraSettings,
+        shapes: &[BTreeMap<String, (usize, usize)>],
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        settings.validate()?;
+        let mut rng = SplitMix64::new(seed ^ 0x4C6F_5241); // "LoRA"
+        let mut tensors = BTreeMap::new();
+        for (i, layer) in shapes.iter().enumerate() {
+            for m in &settings.target_modules {
+                let Some(&(out_f, in_f)) = layer.get(m) else {
+                    continue;
+                };
+                let bound = 1.0 / (in_f as f64).sqrt();
+                let a: Vec<f64> = (0..settings.r * in_f)
+                    .map(|_| (2.0 * rng.uniform() - 1.0) * bound)
+                    .collect();
+                let a = Tensor::from_vec(a, (settings.r, in_f), device)?.to_dtype(dtype)?;
+                let b = Tensor::zeros((out_f, settings.r), dtype, device)?;
+                tensors.insert(adapter_name(i, m, 'A'), a);
+                tensors.insert(adapter_name(i, m, 'B'), b);
+            }
+        }
+        Self::from_tensors(settings, shapes, tensors, dtype)
+    }
+
+    /// Adapters from named tensors (PEFT keys), e.g. a saved `adapter_model.safetensors`,
+    /// converted to `dtype`.
+    ///
+    /// # Errors
+    /// A missing, unexpected or misshapen adapter matrix.
+    pub fn from_tensors(
+        settings: LoraSettings,
+        shapes: &[BTreeMap<String, (usize, usize)>],
+        mut tensors: BTreeMap<String, Tensor>,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        settings.validate()?;
+        let r = settings.r;
+        let mut layers = Vec::with_capacity(shapes.len());
+        let mut params = BTreeMap::new();
+        for (i, layer) in shapes.iter().enumerate() {
+            let mut adapters = BTreeMap::new();
+            for m in &settings.target_modules {
+                let Some(&(out_f, in_f)) = layer.get(m) else {
+                    continue;
+                };
+                let mut take = |ab: char, shape: [usize; 2]| -> Result<Var, ModelError> {
+                    let name = adapter_name(i, m, ab);
+                    let t = tensors
+                        .remove(&name)
+                        .ok_or_else(|| ModelError::MissingParameter(name.clone()))?;
+                    if t.dims() != shape {
+                        return Err(ModelError::Shape {
+                            name,
+                            expected: shape.to_vec(),
+                            got: t.dims().to_vec(),
+                        });
+                    }
+                    let v = Var::from_tensor(&t.to_dtype(dtype)?)?;
+                    params.insert(name, v.clone());
+                    Ok(v)
+                };
+                let a = take('A', [r, in_f])?;
+                let b = take('B', [out_f, r])?;
+                adapters.insert(m.clone(), Adapter { a, b });
+            }
+            layers.push(adapters);
+        }
+        if let Some(extra) = tensors.into_keys().next() {
+            return Err(ModelError::UnexpectedParameter(extra));
+        }
+        Ok(Self {
+            settings,
+            layers,
+            params,
+        })
+    }
+
+    /// The adapter of `module` in layer `layer`, if targeted.
+    pub fn get(&self, layer: usize, module: &str) -> Option<&Adapter> {
+        self.layers.get(layer).and_then(|l| l.get(module))
+    }
+
+    /// The adapter matrices by PEFT name (f32 variables).
+    pub fn params(&self) -> &BTreeMap<String, Var> {
+        &self.params
+    }
+
+    /// `(x A^T) B^T * s` for input `x (.., in)`: the adapter's contribution `(.., out)`,
+    /// differentiable in A and B (and x), in `x`'s dtype.
+    ///
+    /// # Errors
+    /// A shape mismatch or tensor failure.
+    pub fn delta(&self, ad: &Adapter, x: &Tensor, track: bool) -> candle_core::Result<Tensor> {
+        let v = |v: &Var| {
+            if track {
+                v.as_tensor().clone()
+            } else {
+                v.as_tensor().detach()
+            }
+        };
+        let (a, b) = (v(&ad.a), v(&ad.b));
+        let xf = x.to_dtype(a.dtype())?;
+        let h = crate::fused::linear(&xf, &a, None)?;
+        let y = crate::fused::linear(&h, &b, None)?;
+        y.affine(self.settings.scale(), 0.0)?.to_dtype(x.dtype())
+    }
+}
