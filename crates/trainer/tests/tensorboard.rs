@@ -1,7 +1,8 @@
 //! TensorBoard's own reader (`EventAccumulator`, PyPI `tensorboard`, through
 //! `scripts/read-tensorboard.py`) reads the event files of a run, and every value it shows
 //! equals `metrics.jsonl`'s (as f32), step for step, also after a resume from an earlier
-//! checkpoint (the killed run's later events are purged by the reader). Skips without the
+//! checkpoint (the killed run's later events are purged by the reader) and after a fresh start
+//! over an earlier run's files. Skips without the
 //! Python package, except under `CI=true` (the README's test command installs it).
 
 mod harness;
@@ -100,5 +101,12 @@ fn tensorboard_reads_what_metrics_jsonl_holds_also_after_a_resume() {
     let runs = read_tensorboard(&job.out().join("tb")).unwrap();
     let files = std::fs::read_dir(job.out().join("tb/run")).unwrap().count();
     assert_eq!(files, 2, "one event file per process run");
+    assert_same(&runs, &job.steps(), &tasks);
+
+    // A fresh start in the same output_dir (checkpoints moved away) with another learning
+    // rate: TensorBoard shows the new run only, not both.
+    std::fs::remove_dir_all(job.out().join("checkpoints")).unwrap();
+    ok(&job.run(&["--set", "train.lr=0.05"]));
+    let runs = read_tensorboard(&job.out().join("tb")).unwrap();
     assert_same(&runs, &job.steps(), &tasks);
 }

@@ -63,6 +63,12 @@ pub struct RunStats {
 pub fn run_stats(method: &str, dir: &Path) -> anyhow::Result<RunStats> {
     let path = dir.join("metrics.jsonl");
     let file = MetricsFile::read(&path)?;
+    if let Some(line) = file.truncated_line {
+        tracing::warn!(
+            "{}: line {line} is cut off (a crash while writing?) and was left out",
+            path.display()
+        );
+    }
     let tasks = file.header.tasks.clone();
     let initial: Vec<f64> = file
         .initial_val_loss()
@@ -110,6 +116,24 @@ pub fn run_stats(method: &str, dir: &Path) -> anyhow::Result<RunStats> {
         probe_per_step_s: probe / steps.max(1) as f64,
         weighting_per_step_s: weighting / steps.max(1) as f64,
     })
+}
+
+/// The runs must have the same tasks in the same order to share a table.
+fn same_tasks(runs: &[RunStats]) -> anyhow::Result<()> {
+    let Some(first) = runs.first() else {
+        return Ok(());
+    };
+    match runs.iter().find(|r| r.tasks != first.tasks) {
+        Some(r) => Err(anyhow!(
+            "compare: method {} has tasks {:?}, method {} has {:?}: runs of other jobs cannot \
+             share one table",
+            first.method,
+            first.tasks,
+            r.method,
+            r.tasks
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The comparison as a Markdown table: one row per (task, method), then per method the
@@ -177,6 +201,7 @@ pub fn run(args: &CompareArgs) -> Result<(), ExitError> {
             let dir = base.output_dir.join(m.as_str());
             stats.push(run_stats(m.as_str(), &dir).map_err(|e| ExitError { code: 2, error: e })?);
         }
+        same_tasks(&stats).map_err(|e| ExitError { code: 2, error: e })?;
         print!("{}", table(&stats));
         return Ok(());
     }

@@ -54,8 +54,8 @@ impl MetricsFile {
     /// A line that is not UTF-8 or not a JSON object, a first line without `tasks` (or with
     /// a task listed twice), a step without `step`, a value of the wrong type (the message
     /// names the key path, e.g. `weights.code`), or a task the header does not list. The last
-    /// non-blank line is exempt when it is cut off (invalid UTF-8 or incomplete JSON): it is
-    /// skipped and its number kept in [`MetricsFile::truncated_line`]. A second header (same
+    /// non-blank line is exempt when it is cut off (no final newline, and invalid UTF-8 or
+    /// incomplete JSON): it is skipped and its number kept in [`MetricsFile::truncated_line`]. A second header (same
     /// tasks) is accepted.
     pub fn parse(bytes: &[u8]) -> Result<Self, LineError> {
         let lines: Vec<(usize, &[u8])> = bytes
@@ -64,7 +64,12 @@ impl MetricsFile {
             .map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l)))
             .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
             .collect();
-        let last = lines.last().map(|&(n, _)| n);
+        // Only a last line without its newline can be a cut write (the writer puts a line
+        // and its newline in one write).
+        let last = lines
+            .last()
+            .map(|&(n, _)| n)
+            .filter(|_| !bytes.ends_with(b"\n"));
         let mut header: Option<Header> = None;
         let mut steps: BTreeMap<u64, StepRecord> = BTreeMap::new();
         let mut truncated_line = None;
@@ -216,6 +221,18 @@ mod tests {
             Some(vec![None, Some(1.5)])
         );
         assert_eq!((s.lr, s.val_ratio.as_ref()), (None, None));
+    }
+
+    #[test]
+    fn only_a_last_line_without_newline_counts_as_cut() {
+        let head = "{\"tasks\": [\"a\"]}\n{\"step\": 0}\n";
+        let cut = format!("{head}{{\"step\": 1, \"lr\": 0.");
+        let f = MetricsFile::parse(cut.as_bytes()).unwrap();
+        assert_eq!((f.steps.len(), f.truncated_line), (1, Some(3)));
+        // A complete line with trailing garbage is an error, also as the last line.
+        let bad = format!("{head}{{\"step\": 1}} trailing\n");
+        let e = MetricsFile::parse(bad.as_bytes()).unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
     }
 
     #[test]

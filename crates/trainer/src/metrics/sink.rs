@@ -4,8 +4,8 @@
 //! TensorBoard layout: `tb/run/` holds the run's scalars (`loss`, `lr`, `grad_norm`,
 //! `tokens_per_s`, `df`, `val_ratio_mean`, times, ...) and `tb/tasks/<task>/` each task's
 //! values under the same tags for every task (`train_loss`, `val_ratio`, `weights`, `rcs`,
-//! `acs`, `val_loss`, `probe_val_loss`); `<task>` is the name with unsafe characters replaced
-//! ([`task_dir_names`]). TensorBoard draws one chart per tag with one line per
+//! `acs`, `val_loss`, `probe_val_loss`); `<task>` is the task's name with `/`, `\\` and control
+//! characters replaced, made unique ([`task_dir_names`]). TensorBoard draws one chart per tag with one line per
 //! run, so each quantity is one chart with a line per task (as PyTorch's `add_scalars` does).
 
 use super::jsonl::MetricsWriter;
@@ -20,16 +20,16 @@ pub struct TensorBoard {
     tasks: Vec<(String, EventWriter)>,
 }
 
-/// A directory name for a task: its name with every character other than ASCII letters,
-/// digits, `-`, `_` and `.` replaced by `_` (a leading `.` too).
+/// A directory name for a task: its name with `/`, `\\`, control characters and a leading
+/// `.` replaced by `_` (other characters, Unicode letters too, stay).
 pub fn task_dir_name(task: &str) -> String {
     let mut s: String = task
         .chars()
         .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
+            if c == '/' || c == '\\' || c.is_control() {
                 '_'
+            } else {
+                c
             }
         })
         .collect();
@@ -39,36 +39,42 @@ pub fn task_dir_name(task: &str) -> String {
     s
 }
 
-/// The directory names of `tasks`: [`task_dir_name`] of each, with `-<task index>` appended
-/// to every name that two tasks would share (`a b` and `a/b` both map to `a_b`).
+/// The directory names of `tasks`: [`task_dir_name`] of each, made unique by appending
+/// `-<task index>` (then more `-<task index>`) where two tasks would share one (`a/b` and
+/// `a\\b` both map to `a_b`).
 pub fn task_dir_names(tasks: &[String]) -> Vec<String> {
-    let names: Vec<String> = tasks.iter().map(|t| task_dir_name(t)).collect();
-    names
-        .iter()
+    let mut used = std::collections::BTreeSet::new();
+    let base: Vec<String> = tasks.iter().map(|t| task_dir_name(t)).collect();
+    base.iter()
         .enumerate()
         .map(|(i, n)| {
-            if names.iter().filter(|m| *m == n).count() > 1 {
+            let shared = base.iter().filter(|m| *m == n).count() > 1;
+            let mut name = if shared {
                 format!("{n}-{i}")
             } else {
                 n.clone()
+            };
+            while !used.insert(name.clone()) {
+                name = format!("{name}-{i}");
             }
+            name
         })
         .collect()
 }
 
 impl TensorBoard {
-    /// Opens new event files under `dir` (`output_dir/tb`) for `tasks`; `resume_step` as in
-    /// [`EventWriter::create`].
+    /// Opens new event files under `dir` (`output_dir/tb`) for `tasks`, each starting a
+    /// session at `start_step` (see [`EventWriter::create`]).
     ///
     /// # Errors
     /// A directory or file cannot be created.
-    pub fn create(dir: &Path, tasks: &[String], resume_step: Option<u64>) -> Result<Self> {
-        let run = EventWriter::create(&dir.join("run"), resume_step)?;
+    pub fn create(dir: &Path, tasks: &[String], start_step: u64) -> Result<Self> {
+        let run = EventWriter::create(&dir.join("run"), start_step)?;
         let tasks = tasks
             .iter()
-            .map(|t| {
-                let w =
-                    EventWriter::create(&dir.join("tasks").join(task_dir_name(t)), resume_step)?;
+            .zip(task_dir_names(tasks))
+            .map(|(t, d)| {
+                let w = EventWriter::create(&dir.join("tasks").join(d), start_step)?;
                 Ok((t.clone(), w))
             })
             .collect::<Result<_>>()?;
@@ -137,10 +143,14 @@ mod tests {
     #[test]
     fn task_names_become_safe_directory_names() {
         assert_eq!(task_dir_name("code_completion"), "code_completion");
-        assert_eq!(task_dir_name("a/b c"), "a_b_c");
+        assert_eq!(task_dir_name("a/b c"), "a_b c");
+        assert_eq!(task_dir_name("数学"), "数学");
         assert_eq!(task_dir_name(".."), "_..");
         assert_eq!(task_dir_name(""), "_");
-        let tasks = ["a b", "c", "a/b"].map(String::from);
-        assert_eq!(task_dir_names(&tasks), vec!["a_b-0", "c", "a_b-2"]);
+        let tasks = ["a/b", "c", "a\\b", "a_b-0"].map(String::from);
+        let names = task_dir_names(&tasks);
+        assert_eq!(names, vec!["a_b-0", "c", "a_b-2", "a_b-0-3"]);
+        let unique: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), tasks.len());
     }
 }

@@ -6,9 +6,12 @@
 //! of records `u64 length (LE) | u32 masked_crc32c(length bytes) | data | u32
 //! masked_crc32c(data)`, each data an `Event` protobuf. The first event carries
 //! `file_version = "brain.Event:2"`; scalars are `Event { wall_time, step, summary { value {
-//! tag, simple_value } } }`. A resumed run starts its file with a `SessionLog { status: START }`
-//! at the resume step: the reader then drops the events of the killed run at and after that
-//! step (its orphan purge), so the charts of a resumed run equal an uninterrupted one.
+//! tag, simple_value } } }`. Every file starts a session, `SessionLog { status: START }` at the
+//! step the process starts from: the reader then drops earlier files' events at and after
+//! that step (its orphan purge), so a resumed run's charts equal an uninterrupted run's and a
+//! fresh start over an old `tb/` shows only the new run. Readers take a directory's files in
+//! name order, so a new file's name sorts after every existing one (its timestamp field is
+//! raised past theirs if the clock or pid order says otherwise).
 
 use anyhow::{Context, Result};
 use prost::Message;
@@ -82,17 +85,17 @@ pub struct EventWriter {
 }
 
 impl EventWriter {
-    /// Creates `dir` and a new event file in it, starting with the file-version event; with
-    /// `resume_step`, also a session START at that step (see the module docs).
+    /// Creates `dir` and a new event file in it, starting with the file-version event and a
+    /// session START at `start_step` (see the module docs).
     ///
     /// # Errors
     /// The directory or file cannot be created or written.
-    pub fn create(dir: &Path, resume_step: Option<u64>) -> Result<Self> {
+    pub fn create(dir: &Path, start_step: u64) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let now = wall_time();
+        let stamp = next_stamp(dir, now as u64)?;
         let name = format!(
-            "events.out.tfevents.{}.{}.{}",
-            now as u64,
+            "events.out.tfevents.{stamp:010}.{}.{}",
             collectives::host_name(),
             std::process::id()
         );
@@ -107,15 +110,13 @@ impl EventWriter {
             step: 0,
             what: Some(What::FileVersion("brain.Event:2".into())),
         })?;
-        if let Some(step) = resume_step {
-            w.event(Event {
-                wall_time: now,
-                step: step as i64,
-                what: Some(What::SessionLog(SessionLog {
-                    status: SESSION_START,
-                })),
-            })?;
-        }
+        w.event(Event {
+            wall_time: now,
+            step: start_step as i64,
+            what: Some(What::SessionLog(SessionLog {
+                status: SESSION_START,
+            })),
+        })?;
         w.flush()?;
         Ok(w)
     }
@@ -173,6 +174,26 @@ impl EventWriter {
     }
 }
 
+/// The timestamp field for a new file in `dir`: `now`, or one past the largest of the
+/// existing event files when that is not earlier (same second, clock set back).
+fn next_stamp(dir: &Path, now: u64) -> Result<u64> {
+    let mut stamp = now;
+    for e in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let name = e
+            .with_context(|| format!("read {}", dir.display()))?
+            .file_name();
+        let name = name.to_string_lossy();
+        let field = name
+            .strip_prefix("events.out.tfevents.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|t| t.parse::<u64>().ok());
+        if let Some(t) = field {
+            stamp = stamp.max(t + 1);
+        }
+    }
+    Ok(stamp)
+}
+
 fn wall_time() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -196,7 +217,7 @@ mod tests {
     #[test]
     fn records_are_framed_and_decode_back() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = EventWriter::create(dir.path(), Some(7)).unwrap();
+        let mut w = EventWriter::create(dir.path(), 7).unwrap();
         w.scalars(7, &[("lr".into(), 0.5), ("nan".into(), f64::NAN)])
             .unwrap();
         w.flush().unwrap();
@@ -229,5 +250,21 @@ mod tests {
         assert_eq!(s.value.len(), 1, "the NaN is left out");
         assert_eq!(s.value[0].tag, "lr");
         assert_eq!(s.value[0].value, Some(Simple::SimpleValue(0.5)));
+    }
+
+    #[test]
+    fn a_new_file_sorts_after_the_existing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file of a later second (clock set back, or the same second with a larger pid or
+        // host name): the new file's name must still sort after it.
+        let far = "events.out.tfevents.3999999999.otherhost.1";
+        std::fs::write(dir.path().join(far), b"").unwrap();
+        let w = EventWriter::create(dir.path(), 0).unwrap();
+        let name = w.path().file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.as_str() > far, "{name}");
+        assert!(
+            name.starts_with("events.out.tfevents.4000000000."),
+            "{name}"
+        );
     }
 }

@@ -15,19 +15,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-/// `best/summary.json`: the evaluation that made the model the best so far.
+/// `best/summary.json`: the evaluation that made the model the best so far (keys in
+/// alphabetical order, as earlier versions wrote them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BestSummary {
-    /// Steps completed.
-    pub step: u64,
-    /// Mean validation-loss ratio.
-    pub val_ratio_mean: Option<f64>,
-    /// Per-task validation loss, nats/token.
-    pub val_loss: PerTask,
     /// Per-task `l_i(0)`.
     pub initial_val_loss: PerTask,
     /// The weighting method.
     pub method: String,
+    /// Steps completed.
+    pub step: u64,
+    /// Per-task validation loss, nats/token.
+    pub val_loss: PerTask,
+    /// Mean validation-loss ratio.
+    pub val_ratio_mean: Option<f64>,
 }
 
 /// Settings of `[checkpoint]` and what `best/` needs beside the weights.

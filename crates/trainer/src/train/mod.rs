@@ -158,7 +158,8 @@ pub fn run(
         }
         let last = done == plan.total_steps;
         progress.step(&step, last);
-        let stopping = step.stop_requested || verdict == Verdict::Stop;
+        // The last step ends the run anyway: it ends by `max_steps`.
+        let stopping = !last && (step.stop_requested || verdict == Verdict::Stop);
         checkpointer
             .after_step(&trainer, last, stopping, best)
             .local()?;

@@ -292,8 +292,16 @@ pub fn open_sinks(
         .local()?;
     }
     let tensorboard = if cfg.metrics.tensorboard {
-        let resume_step = resumed.then_some(st.next_step);
-        Some(TensorBoard::create(&out.join("tb"), names, resume_step).local()?)
+        let dir = out.join("tb");
+        if resumed && !dir.exists() {
+            tracing::info!(
+                "TensorBoard starts at step {} ({} has no earlier event files; metrics.jsonl \
+                 holds every step)",
+                st.next_step,
+                dir.display()
+            );
+        }
+        Some(TensorBoard::create(&dir, names, st.next_step).local()?)
     } else {
         None
     };

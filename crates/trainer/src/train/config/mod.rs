@@ -36,11 +36,13 @@ use std::path::PathBuf;
 
 mod coba_section;
 mod load;
+mod lora_section;
 mod validate;
 
 pub use coba_section::{AutoOr, AutoTag, CobaSection};
 
 pub use load::{env_vars, load, ConfigError, Sources};
+pub use lora_section::{LoraSection, TargetModules};
 pub use validate::validate;
 
 /// The whole job.
@@ -68,6 +70,9 @@ pub struct TrainConfig {
     /// Metric sinks besides `metrics.jsonl`.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// LoRA adapters instead of full fine-tuning.
+    #[serde(default)]
+    pub lora: LoraSection,
 }
 
 /// `[metrics]`.

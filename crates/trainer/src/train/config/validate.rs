@@ -109,6 +109,9 @@ pub fn validate(cfg: &TrainConfig) -> Result<(), ConfigError> {
             );
         }
     }
+    if cfg.lora.enabled {
+        cfg.lora.settings().map_err(ConfigError)?;
+    }
     cfg.data
         .validate()
         .map_err(|e| ConfigError(format!("[data]: {e}")))?;

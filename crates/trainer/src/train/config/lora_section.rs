@@ -1,0 +1,79 @@
+//! `[lora]`: LoRA fine-tuning with PEFT's settings (MFTCoder's recipes use r = 96,
+//! alpha = 32 on every linear layer). Off by default.
+
+use model::lora::{LoraSettings, LLAMA_PROJECTIONS};
+use serde::{Deserialize, Serialize};
+
+/// `[lora]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraSection {
+    /// Train LoRA adapters instead of every weight. Default false.
+    pub enabled: bool,
+    /// Rank. Default 96.
+    pub r: usize,
+    /// Scale numerator (`s = alpha / r`). Default 32.
+    pub alpha: f64,
+    /// Dropout on the adapters' input; only 0 in this version. Default 0.
+    pub dropout: f64,
+    /// `"all-linear"` (every projection of a block, not the LM head, as PEFT) or a list of
+    /// projection names (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`,
+    /// `down_proj`). Default `"all-linear"`.
+    pub target_modules: TargetModules,
+    /// rsLoRA scaling `alpha / sqrt(r)`. Default false.
+    pub use_rslora: bool,
+}
+
+/// `lora.target_modules`: the string `"all-linear"` or a list of names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TargetModules {
+    /// `"all-linear"`.
+    All(String),
+    /// Named projections.
+    List(Vec<String>),
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            r: 96,
+            alpha: 32.0,
+            dropout: 0.0,
+            target_modules: TargetModules::All("all-linear".into()),
+            use_rslora: false,
+        }
+    }
+}
+
+impl LoraSection {
+    /// The model crate's settings (`target_modules` expanded and sorted).
+    ///
+    /// # Errors
+    /// A string other than `"all-linear"`, or invalid settings (message names the key).
+    pub fn settings(&self) -> Result<LoraSettings, String> {
+        let mut target_modules = match &self.target_modules {
+            TargetModules::All(s) if s == "all-linear" => {
+                LLAMA_PROJECTIONS.iter().map(|m| m.to_string()).collect()
+            }
+            TargetModules::All(s) => {
+                return Err(format!(
+                    "key `lora.target_modules`: \"{s}\": give \"all-linear\" or a list of names"
+                ))
+            }
+            TargetModules::List(l) => l.clone(),
+        };
+        target_modules.sort();
+        target_modules.dedup();
+        let s = LoraSettings {
+            r: self.r,
+            alpha: self.alpha,
+            dropout: self.dropout,
+            target_modules,
+            use_rslora: self.use_rslora,
+        };
+        s.validate().map_err(|e| e.to_string())?;
+        Ok(s)
+    }
+}
