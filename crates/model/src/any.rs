@@ -91,6 +91,21 @@ impl Model {
         }
     }
 
+    /// The model with its adapters merged into the base weights and removed (a plain model;
+    /// one without adapters is returned as it is).
+    ///
+    /// # Errors
+    /// A tensor failure.
+    pub fn merged(self) -> Result<Model, ModelError> {
+        match self {
+            Model::Llama(m) if m.lora().is_some() => {
+                let tensors = m.merged_tensors()?;
+                Ok(Llama::from_tensors(m.config().clone(), tensors, m.dtype(), m.device())?.into())
+            }
+            other => Ok(other),
+        }
+    }
+
     fn inner(&self) -> &dyn CausalLm {
         match self {
             Model::Llama(m) => m,

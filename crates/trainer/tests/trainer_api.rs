@@ -67,18 +67,20 @@ fn with_trainer<R>(
     f(&mut t, &plan)
 }
 
-#[test]
-fn resume_from_the_checkpointer_equals_an_uninterrupted_run() {
+/// LoRA on the harness's tiny model: rank 4 on every projection.
+const LORA: [&str; 3] = ["lora.enabled=true", "lora.r=4", "lora.alpha=8.0"];
+
+fn resume_equals_uninterrupted(sets: &[&str]) {
     let comm = collectives::Local::new();
     let job = Job::new("");
-    let cfg = load(&job, &[]);
+    let cfg = load(&job, sets);
     let (straight, straight_losses, straight_weighter) = with_trainer(&cfg, &comm, None, |t, _| {
         let l = drive(t, 6);
         (params_of(t), l, t.state.weighter.clone())
     });
 
     let job2 = Job::new("");
-    let cfg2 = load(&job2, &[]);
+    let cfg2 = load(&job2, sets);
     let mut first = with_trainer(&cfg2, &comm, None, |t, plan| {
         let l = drive(t, 3);
         let mut c = Checkpointer::new(plan.checkpoint_settings(&cfg2).unwrap(), 0, None);
@@ -97,6 +99,70 @@ fn resume_from_the_checkpointer_equals_an_uninterrupted_run() {
     assert_eq!(first, straight_losses, "training losses of steps 0..6");
     assert_eq!(weighter, straight_weighter, "the weighter's state");
     assert_eq!(resumed, straight, "parameters after 6 steps, bit for bit");
+}
+
+#[test]
+fn resume_from_the_checkpointer_equals_an_uninterrupted_run() {
+    resume_equals_uninterrupted(&[]);
+}
+
+#[test]
+fn lora_resume_from_the_checkpointer_equals_an_uninterrupted_run() {
+    resume_equals_uninterrupted(&LORA);
+}
+
+#[test]
+fn lora_trains_only_the_adapters_and_leaves_the_base_bytes_unchanged() {
+    use model::CausalLm;
+    let comm = collectives::Local::new();
+    let job = Job::new("");
+    let cfg = load(&job, &LORA);
+    with_trainer(&cfg, &comm, None, |t, plan| {
+        let llama = t.model.as_llama().unwrap();
+        let base_before: BTreeMap<String, Vec<f32>> = llama
+            .base_params()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.clone(),
+                    v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                )
+            })
+            .collect();
+        let adapters_before = params_of(t);
+        assert!(adapters_before.keys().all(|n| n.contains(".lora_")));
+        // 1 layer x 7 projections x (A, B).
+        assert_eq!(adapters_before.len(), 14);
+        drive(t, 3);
+        let llama = t.model.as_llama().unwrap();
+        for (n, v) in llama.base_params() {
+            let now = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(now, base_before[n], "base weight {n} changed");
+        }
+        let adapters_after = params_of(t);
+        let moved = adapters_before
+            .iter()
+            .filter(|(n, a)| adapters_after[*n] != **a)
+            .count();
+        assert_eq!(moved, 14, "every adapter matrix was updated");
+        // A checkpoint holds the adapters in PEFT format and the optimizer state of them only.
+        let mut c = Checkpointer::new(plan.checkpoint_settings(&cfg).unwrap(), 0, None);
+        c.after_step(t, true, false, None).unwrap();
+        c.finish().unwrap();
+        let dir = state::checkpoints_dir(&cfg.output_dir).join(state::step_dir_name(3));
+        assert!(dir.join("adapter/adapter_model.safetensors").is_file());
+        assert!(dir.join("adapter/adapter_config.json").is_file());
+        assert!(!dir.join("model").exists());
+        assert_eq!(
+            t.opt_state_names(),
+            adapters_after.keys().cloned().collect::<Vec<_>>()
+        );
+        assert!(state::verify_checkpoint(&dir).is_ok());
+        assert_eq!(
+            t.model.num_parameters(),
+            adapters_after.values().map(Vec::len).sum::<usize>()
+        );
+    });
 }
 
 #[test]
@@ -202,13 +268,29 @@ fn run_steps(cfg: &TrainConfig, comm: &dyn collectives::Communicator) -> RankRes
 
 #[test]
 fn two_ranks_equal_one_rank_through_the_trainer_api() {
+    two_ranks_equal_one_rank("two_ranks_equal_one_rank_through_the_trainer_api", &[]);
+}
+
+#[test]
+fn lora_two_ranks_equal_one_rank_through_the_trainer_api() {
+    two_ranks_equal_one_rank(
+        "lora_two_ranks_equal_one_rank_through_the_trainer_api",
+        &LORA,
+    );
+}
+
+/// Test `name` (this function's caller) on 2 ranks (micro-batch 2) against 1 rank
+/// (micro-batch 4) with `sets`.
+fn two_ranks_equal_one_rank(name: &str, sets: &[&str]) {
     if let Some(out) = std::env::var_os(CHILD) {
         let job_dir = std::env::var("TRAINER_API_JOB").unwrap();
         let text = std::fs::read_to_string(Path::new(&job_dir).join("config.toml")).unwrap();
+        let mut sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        sets.push("train.micro_batch_size=2".into());
         let cfg = config::load(&Sources {
             toml: Some((text, job_dir.clone())),
             env: Vec::new(),
-            sets: vec!["train.micro_batch_size=2".into()],
+            sets,
         })
         .unwrap();
         let comm = collectives::init(&collectives::InitOptions {
@@ -230,11 +312,7 @@ fn two_ranks_equal_one_rank_through_the_trainer_api() {
     let mut cmd = std::process::Command::new(mpirun);
     cmd.args(["-n", "2", "--oversubscribe"])
         .arg(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "two_ranks_equal_one_rank_through_the_trainer_api",
-            "--test-threads=1",
-        ])
+        .args(["--exact", name, "--test-threads=1"])
         .env(CHILD, &out)
         .env("TRAINER_API_JOB", two.dir.path())
         .env("RAYON_NUM_THREADS", "1")
@@ -250,7 +328,7 @@ fn two_ranks_equal_one_rank_through_the_trainer_api() {
     ok(&o);
     let r2: RankResult = serde_json::from_slice(&file_bytes(&out)).unwrap();
     let one = Job::new("");
-    let r1 = run_steps(&load(&one, &[]), &collectives::Local::new());
+    let r1 = run_steps(&load(&one, sets), &collectives::Local::new());
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(1.0);
     for (s, (a, b)) in r1.losses.iter().zip(&r2.losses).enumerate() {
         for (x, y) in a.iter().zip(b) {

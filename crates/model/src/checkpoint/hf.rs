@@ -59,14 +59,16 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
     Ok(files.into_iter().collect())
 }
 
-/// Writes `dir/config.json` and `dir/model.safetensors` (parameters in the model's dtype;
+/// Writes `dir/config.json` and `dir/model.safetensors` (parameters in the model's dtype, LoRA
+/// adapters merged in;
 /// a tied LM head is not written, as HF does). Adds `architectures` and `torch_dtype` to the
 /// config when absent so `transformers.AutoModelForCausalLM` and candle-transformers load it.
 ///
 /// # Errors
 /// [`CheckpointError::Io`] or [`CheckpointError::Format`] on a write failure.
 pub fn save_hf_dir(model: &Model, dir: &Path) -> Result<(), CheckpointError> {
-    let tensors = model.tensors();
+    // With LoRA adapters attached: the base with the adapters merged in.
+    let tensors = model.merged_tensors()?;
     save_hf_parts(
         &HfParts {
             config_json: &model.config_json(),

@@ -49,12 +49,23 @@ fn umask() -> u32 {
 }
 
 /// Loads a model from a HF checkpoint directory, one of our training checkpoints (HF model in
-/// `PATH/model/`), or a `.gguf` file, converting the weights to
-/// `dtype` on `device`.
+/// `PATH/model/`, or LoRA adapters in `PATH/adapter/`), a PEFT adapter directory
+/// (`adapter_config.json`: the base named by its `base_model_name_or_path` is loaded and the
+/// adapters attached), or a `.gguf` file, converting the weights to `dtype` on `device`.
 ///
 /// # Errors
-/// See [`load_hf_dir`] and [`load_gguf`].
+/// See [`load_hf_dir`], [`load_gguf`] and [`load_adapter`]; an adapter without a base path.
 pub fn load_model(path: &Path, dtype: DType, device: &Device) -> Result<Model, CheckpointError> {
+    let adapter_dir = if path.join(ADAPTER_CONFIG).is_file() {
+        Some(path.to_path_buf())
+    } else if path.join("adapter").join(ADAPTER_CONFIG).is_file() {
+        Some(path.join("adapter"))
+    } else {
+        None
+    };
+    if let Some(dir) = adapter_dir.filter(|_| !path.join("config.json").exists()) {
+        return load_with_adapter(None, &dir, dtype, device);
+    }
     if path.is_dir()
         && !path.join("config.json").exists()
         && path.join("model/config.json").exists()
@@ -66,4 +77,31 @@ pub fn load_model(path: &Path, dtype: DType, device: &Device) -> Result<Model, C
     } else {
         Ok(load_gguf(path, dtype, device)?.into())
     }
+}
+
+/// The base model (`base`, else the adapter config's `base_model_name_or_path`) with the
+/// adapters of `adapter_dir` attached.
+///
+/// # Errors
+/// Loading either fails, or no base is known.
+pub fn load_with_adapter(
+    base: Option<&Path>,
+    adapter_dir: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<Model, CheckpointError> {
+    let (cfg, tensors) = load_adapter(adapter_dir, device)?;
+    let base = match (base, &cfg.base_model_name_or_path) {
+        (Some(b), _) => b.to_path_buf(),
+        (None, Some(b)) => std::path::PathBuf::from(b),
+        (None, None) => {
+            return Err(CheckpointError::format(
+                &adapter_dir.join(ADAPTER_CONFIG),
+                "LoRA adapters without base_model_name_or_path: give the base model too",
+            ))
+        }
+    };
+    let mut model = load_model(&base, dtype, device)?;
+    model.attach_lora(cfg.settings(), 0, Some(tensors))?;
+    Ok(model)
 }

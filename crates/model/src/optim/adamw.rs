@@ -80,6 +80,11 @@ pub struct AdamW {
 }
 
 impl AdamW {
+    /// The names of the parameters that have moments (name-sorted).
+    pub fn state_names(&self) -> Vec<String> {
+        self.exp_avg.keys().cloned().collect()
+    }
+
     /// A fresh optimizer (step 0, moments created on the first step).
     pub fn new(config: AdamWConfig) -> Self {
         Self {

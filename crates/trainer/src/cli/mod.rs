@@ -8,6 +8,7 @@ mod data;
 mod doctor;
 mod eval;
 mod generate;
+mod merge;
 mod model_path;
 mod plot;
 mod replay;
@@ -53,6 +54,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Draw a run's metrics.jsonl as PNG charts (loss ratios, weights, DF, train loss).
     Plot(plot::PlotArgs),
+    /// Merge LoRA adapters (a PEFT directory, e.g. a LoRA run's best/) into their base model
+    /// and write a full HF model.
+    Merge(merge::MergeArgs),
 }
 
 /// An error that maps to a specific exit code (2 = bad input, as the CLI contract says).
@@ -87,6 +91,7 @@ fn run_command(command: Command) -> Result<(), ExitError> {
         Command::Eval(args) => eval::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Plot(args) => plot::run(&args),
+        Command::Merge(args) => merge::run(&args),
     }
 }
 

@@ -1,5 +1,6 @@
-//! The `--model PATH` of `eval` and `generate`: a Hugging Face directory, a `.gguf` file or one
-//! of our training checkpoint directories (the HF model in its `model/` subdirectory).
+//! The `--model PATH` of `eval` and `generate`: a Hugging Face directory, a `.gguf` file, a
+//! PEFT LoRA adapter directory (its base from `base_model_name_or_path`), or one of our
+//! training checkpoint directories (the HF model in `model/`, LoRA adapters in `adapter/`).
 
 use super::ExitError;
 use ::data::config::{TemplateConfig, TemplatePreset};
@@ -31,16 +32,23 @@ pub fn resolve(path: &Path) -> anyhow::Result<PathBuf> {
             path.display()
         ));
     }
-    if !path.is_dir() || path.join("config.json").is_file() {
+    if !path.is_dir()
+        || path.join("config.json").is_file()
+        || path.join(model::checkpoint::ADAPTER_CONFIG).is_file()
+    {
         return Ok(path.to_path_buf());
     }
-    let inner = path.join("model");
-    if inner.join("config.json").is_file() {
-        return Ok(inner);
+    for inner in [path.join("model"), path.join("adapter")] {
+        if inner.join("config.json").is_file()
+            || inner.join(model::checkpoint::ADAPTER_CONFIG).is_file()
+        {
+            return Ok(inner);
+        }
     }
     Err(anyhow!(
-        "model {}: a directory without config.json or model/config.json (expected a Hugging \
-         Face model directory, a training checkpoint directory or a .gguf file)",
+        "model {}: a directory without config.json, adapter_config.json, model/ or adapter/ \
+         (expected a Hugging Face model directory, a LoRA adapter directory, a training \
+         checkpoint directory or a .gguf file)",
         path.display()
     ))
 }

@@ -152,7 +152,12 @@ fn snapshot(t: &Trainer<'_>) -> Result<Snapshot> {
         .iter()
         .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
         .collect::<candle_core::Result<_>>()?;
+    let adapter = t
+        .model
+        .lora()
+        .map(|l| model::checkpoint::AdapterConfig::new(&l.settings, t.base_model_path.clone()));
     Ok(Snapshot {
+        adapter,
         config_json: t.model.config_json(),
         model_type: t.model.model_type().to_string(),
         dtype: t.model.dtype(),

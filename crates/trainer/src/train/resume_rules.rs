@@ -210,6 +210,50 @@ fn normalise(mut m: serde_json::Map<String, Value>) -> serde_json::Map<String, V
     m
 }
 
+/// A checkpoint of a LoRA run (its `adapter/`) resumes only with `lora.enabled`.
+///
+/// # Errors
+/// The checkpoint holds adapters.
+pub fn check_not_lora(dir: &Path) -> Result<()> {
+    if dir.join("adapter").is_dir() {
+        bail!(
+            "{}: the checkpoint holds LoRA adapters (adapter/), the configuration trains every \
+             weight: set lora.enabled = true with the run's [lora] settings",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The adapters' settings must be the run's: another rank, alpha or module set is another
+/// model.
+///
+/// # Errors
+/// Names each differing setting with both values.
+pub fn check_adapter(
+    saved: &model::lora::LoraSettings,
+    now: &model::lora::LoraSettings,
+    dir: &Path,
+) -> Result<()> {
+    if saved == now {
+        return Ok(());
+    }
+    bail!(
+        "{}: the checkpoint's adapters were trained with r {} alpha {} target_modules {:?} \
+         use_rslora {}, the configuration says r {} alpha {} target_modules {:?} use_rslora {}: \
+         resume with the run's [lora] settings",
+        dir.display(),
+        saved.r,
+        saved.alpha,
+        saved.target_modules,
+        saved.use_rslora,
+        now.r,
+        now.alpha,
+        now.target_modules,
+        now.use_rslora
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,8 +27,10 @@ use std::path::Path;
 /// Unreadable checkpoint, invalid architecture, or a vocabulary smaller than the tokenizer's.
 pub fn build_model(cfg: &TrainConfig, tokenizer_vocab: usize) -> Result<Model> {
     let device = Device::Cpu;
-    let model: Model = match (&cfg.model.path, &cfg.model.arch) {
+    let mut model: Model = match (&cfg.model.path, &cfg.model.arch) {
+        // A LoRA model (adapter directory) is trained on further as its merged weights.
         (Some(p), _) => load_model(p, DType::F32, &device)
+            .and_then(|m| Ok(m.merged()?))
             .with_context(|| format!("loading model.path {}", p.display()))?,
         (None, Some(a)) => {
             let d = a.hidden_size;
@@ -59,6 +61,12 @@ pub fn build_model(cfg: &TrainConfig, tokenizer_vocab: usize) -> Result<Model> {
              check model.tokenizer",
             model.vocab_size()
         );
+    }
+    if cfg.lora.enabled {
+        let settings = cfg.lora.settings().map_err(anyhow::Error::msg)?;
+        model
+            .attach_lora(settings, cfg.train.seed, None)
+            .context("[lora]")?;
     }
     Ok(model)
 }
@@ -147,11 +155,16 @@ pub fn start<'a>(
             resume_rules::check_kept(&st, &kept, dir).bad_input()?;
             resume_rules::check_schedule(&st, &plan.step.lr_schedule, plan.total_steps, dir)
                 .bad_input()?;
-            let saved = load_model(dir, DType::F32, &Device::Cpu)
-                .with_context(|| format!("loading {}", dir.display()))
-                .all_ranks()?;
-            resume_rules::check_architecture(&model, &saved, dir).bad_input()?;
-            model = saved;
+            if cfg.lora.enabled {
+                resume_adapters(cfg, &mut model, dir)?;
+            } else {
+                resume_rules::check_not_lora(dir).bad_input()?;
+                let saved = load_model(dir, DType::F32, &Device::Cpu)
+                    .with_context(|| format!("loading {}", dir.display()))
+                    .all_ranks()?;
+                resume_rules::check_architecture(&model, &saved, dir).bad_input()?;
+                model = saved;
+            }
             let opt = AdamW::load(dir, &Device::Cpu).all_ranks()?;
             if comm.rank() == 0 {
                 tracing::info!(
@@ -181,7 +194,24 @@ pub fn start<'a>(
         shard: plan.shard,
         settings: plan.step.clone(),
         layout_checked: false,
+        base_model_path: cfg.model.path.as_ref().map(|p| p.display().to_string()),
     })
+}
+
+/// Replaces the fresh adapters of `model` by the checkpoint's (same settings required).
+fn resume_adapters(cfg: &TrainConfig, model: &mut Model, dir: &Path) -> Result<(), RunError> {
+    let adir = dir.join(state::model_dir_name(true));
+    let (saved, tensors) = model::checkpoint::load_adapter(&adir, &Device::Cpu).bad_input()?;
+    let settings = cfg
+        .lora
+        .settings()
+        .map_err(anyhow::Error::msg)
+        .bad_input()?;
+    resume_rules::check_adapter(&saved.settings(), &settings, &adir).bad_input()?;
+    model
+        .attach_lora(settings, cfg.train.seed, Some(tensors))
+        .with_context(|| format!("{}", adir.display()))
+        .bad_input()
 }
 
 /// A fresh run's optimizer and state: `l_i(0)` from a full validation pass.

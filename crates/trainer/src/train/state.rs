@@ -75,6 +75,9 @@ pub struct TrainState {
 
 /// An in-memory copy of everything a checkpoint holds, cheap to take between steps.
 pub struct Snapshot {
+    /// With LoRA: the adapters' PEFT config; `tensors` are then the adapters (PEFT keys),
+    /// written as `adapter/` (`best/` itself for the best model) instead of `model/`.
+    pub adapter: Option<model::checkpoint::AdapterConfig>,
     /// HF `config.json` text.
     pub config_json: String,
     /// HF `model_type`.
@@ -90,11 +93,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Writes the model part as an HF directory (`config.json` + `model.safetensors`).
+    /// Writes the model part: an HF directory (`config.json` + `model.safetensors`), or with
+    /// LoRA a PEFT adapter directory.
     ///
     /// # Errors
     /// Any IO failure, naming the path.
     fn save_model(&self, dir: &Path) -> Result<()> {
+        if let Some(cfg) = &self.adapter {
+            model::checkpoint::save_adapter(dir, cfg, &self.tensors)?;
+            return Ok(());
+        }
         let parts = HfParts {
             config_json: &self.config_json,
             model_type: &self.model_type,
@@ -103,6 +111,15 @@ impl Snapshot {
         };
         save_hf_parts(&parts, dir)?;
         Ok(())
+    }
+}
+
+/// The model part's directory inside a checkpoint: `model` (HF), or `adapter` (PEFT, LoRA).
+pub fn model_dir_name(lora: bool) -> &'static str {
+    if lora {
+        "adapter"
+    } else {
+        "model"
     }
 }
 
@@ -183,7 +200,7 @@ pub fn write_checkpoint(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("remove {}", tmp.display()))?;
     }
-    snap.save_model(&tmp.join("model"))?;
+    snap.save_model(&tmp.join(model_dir_name(snap.adapter.is_some())))?;
     if crash_after_model {
         eprintln!(
             "coba-dist: runtime.crash_in_checkpoint: aborting while writing {}",
@@ -247,14 +264,20 @@ pub fn read_state(dir: &Path) -> Result<TrainState> {
 /// What is wrong, naming the file.
 pub fn verify_checkpoint(dir: &Path) -> Result<TrainState> {
     let st = read_state(dir)?;
-    for json in [dir.join("model/config.json"), dir.join("optimizer.json")] {
+    let lora = dir.join("adapter").is_dir();
+    let model_dir = dir.join(model_dir_name(lora));
+    let config = model_dir.join(if lora {
+        model::checkpoint::ADAPTER_CONFIG
+    } else {
+        "config.json"
+    });
+    for json in [config, dir.join("optimizer.json")] {
         let text =
             std::fs::read_to_string(&json).with_context(|| format!("read {}", json.display()))?;
         serde_json::from_str::<serde_json::Value>(&text)
             .with_context(|| format!("parse {}", json.display()))?;
     }
     let mut files = vec![dir.join("optimizer.safetensors")];
-    let model_dir = dir.join("model");
     let mut shards: Vec<PathBuf> = std::fs::read_dir(&model_dir)
         .with_context(|| format!("read {}", model_dir.display()))?
         .flatten()

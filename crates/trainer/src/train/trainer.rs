@@ -54,6 +54,8 @@ pub struct Trainer<'a> {
     pub(super) settings: StepSettings,
     /// Gradient layouts are checked on the first step of this process only.
     pub(super) layout_checked: bool,
+    /// `model.path` as configured (LoRA adapters name it as their base).
+    pub base_model_path: Option<String>,
 }
 
 impl<'a> Trainer<'a> {
@@ -65,6 +67,11 @@ impl<'a> Trainer<'a> {
     /// Trainable parameters of the model.
     pub fn model_parameters(&self) -> usize {
         self.model.num_parameters()
+    }
+
+    /// The parameter names the optimizer keeps moments for (name-sorted).
+    pub fn opt_state_names(&self) -> Vec<String> {
+        self.opt.state_names()
     }
 
     /// Task names in config order.

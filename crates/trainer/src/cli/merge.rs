@@ -1,0 +1,59 @@
+//! `coba-dist merge --adapter DIR [--base PATH] --out DIR`: LoRA adapters (PEFT directory,
+//! e.g. a run's `best/`) merged into their base, written as a full HF model: `W += s B A`
+//! computed in f32 (PEFT's `merge_and_unload`). `tokenizer.json` and `template.json` next to
+//! the adapters are copied along.
+
+use super::model_path::bad_input;
+use super::ExitError;
+use anyhow::Context;
+use candle_core::{DType, Device};
+use clap::Args;
+use std::path::PathBuf;
+
+/// Options of `merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// The adapter directory (`adapter_config.json` + `adapter_model.safetensors`).
+    #[arg(long, value_name = "DIR")]
+    adapter: PathBuf,
+    /// The base model (default: the adapter config's `base_model_name_or_path`).
+    #[arg(long, value_name = "PATH")]
+    base: Option<PathBuf>,
+    /// Where the merged HF model goes (created).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+/// Merges and writes.
+pub fn run(args: &MergeArgs) -> Result<(), ExitError> {
+    let model = model::checkpoint::load_with_adapter(
+        args.base.as_deref(),
+        &args.adapter,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .with_context(|| format!("--adapter {}", args.adapter.display()))
+    .map_err(bad_input)?;
+    let merged = model.merged().map_err(|e| ExitError {
+        code: 1,
+        error: e.into(),
+    })?;
+    let io = |e: anyhow::Error| ExitError { code: 1, error: e };
+    model::checkpoint::save_hf_dir(&merged, &args.out)
+        .with_context(|| format!("--out {}", args.out.display()))
+        .map_err(io)?;
+    for f in ["tokenizer.json", "template.json"] {
+        let src = args.adapter.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, args.out.join(f))
+                .with_context(|| format!("copy {}", src.display()))
+                .map_err(io)?;
+        }
+    }
+    eprintln!(
+        "coba-dist merge: wrote {} (base + adapters of {})",
+        args.out.display(),
+        args.adapter.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! LoRA through the binary: a full fine-tuning run's `best/` is the base; a LoRA run on it
+//! writes PEFT adapter directories (`best/`, `checkpoints/step-N/adapter/`) and resumes;
+//! `eval` reads the adapter directory (base from `base_model_name_or_path`), and `merge`
+//! writes a full HF model whose evaluation equals the adapters' (1e-5).
+
+mod harness;
+
+use harness::*;
+use serde_json::Value;
+
+fn eval_json(model: &str, job: &Job) -> Vec<f64> {
+    let tasks: Vec<String> = ["add", "echo", "words"]
+        .iter()
+        .map(|t| {
+            format!(
+                "{t}={}",
+                job.dir.path().join(format!("{t}.jsonl")).display()
+            )
+        })
+        .collect();
+    let mut args = vec![
+        "eval",
+        "--model",
+        model,
+        "--tokenizer",
+        tokenizer().to_str().unwrap().to_string().leak(),
+        "--max-seq-len",
+        "24",
+        "--json",
+    ];
+    for t in &tasks {
+        args.extend(["--task", t.as_str()]);
+    }
+    let o = coba_dist(&args);
+    let text = ok(&o);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    v["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["nll"].as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn lora_run_writes_peft_adapters_that_eval_and_merge_read() {
+    // The base: 4 steps of full fine-tuning, its best/ (an HF directory).
+    let base_job = Job::new("");
+    ok(&base_job.run(&["--set", "train.max_steps=4"]));
+    let base = base_job.out().join("best");
+    assert!(base.join("config.json").is_file());
+
+    let job = Job::new("");
+    let set_base = format!("model.path=\"{}\"", base.display());
+    let sets = [
+        "--set",
+        set_base.as_str(),
+        "--set",
+        "lora.enabled=true",
+        "--set",
+        "lora.r=4",
+        "--set",
+        "lora.alpha=8.0",
+        "--set",
+        "train.lr=0.01",
+    ];
+    ok(&job.run(&sets));
+    let best = job.out().join("best");
+    for f in [
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+    ] {
+        assert!(best.join(f).is_file(), "best/{f}");
+    }
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(best.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["base_model_name_or_path"], base.display().to_string());
+    assert_eq!(
+        (cfg["r"].as_u64(), cfg["peft_type"].as_str()),
+        (Some(4), Some("LORA"))
+    );
+    assert!(job
+        .checkpoint(6)
+        .join("adapter/adapter_config.json")
+        .is_file());
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(job.out().join("summary.json")).unwrap())
+            .unwrap();
+    let initial: Vec<f64> = serde_json::from_value(summary["initial_val_loss"].clone()).unwrap();
+    let last: Vec<f64> = serde_json::from_value(summary["final_val_loss"].clone()).unwrap();
+    assert!(
+        last.iter().zip(&initial).any(|(l, i)| l < i),
+        "the adapters learned something: {initial:?} -> {last:?}"
+    );
+
+    // eval of the adapter directory == eval of the merged model; both differ from the base.
+    let with_adapter = eval_json(best.to_str().unwrap(), &job);
+    let merged = job.dir.path().join("merged");
+    let o = coba_dist(&[
+        "merge",
+        "--adapter",
+        best.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    ok(&o);
+    assert!(merged.join("config.json").is_file() && merged.join("tokenizer.json").is_file());
+    let merged_nll = eval_json(merged.to_str().unwrap(), &job);
+    let base_nll = eval_json(base.to_str().unwrap(), &job);
+    for ((a, m), b) in with_adapter.iter().zip(&merged_nll).zip(&base_nll) {
+        assert!(
+            (a - m).abs() <= 1e-5 * a.abs().max(1.0),
+            "{with_adapter:?} vs {merged_nll:?}"
+        );
+        assert!(
+            (a - b).abs() > 1e-4,
+            "adapters change the model: {a} vs base {b}"
+        );
+    }
+
+    // Resume from the checkpoint after step 3 gives the same adapters as the run itself.
+    let again = Job::new("");
+    ok(&again.run(&[&sets[..], &["--set", "train.max_steps=3"]].concat()));
+    ok(&again.run(&[&sets[..], &["--resume", "auto"]].concat()));
+    let a = params_of_adapter(&job.checkpoint(6));
+    let b = params_of_adapter(&again.checkpoint(6));
+    assert_eq!(
+        a, b,
+        "resumed adapters equal the uninterrupted run's, bit for bit"
+    );
+
+    // A LoRA checkpoint does not resume as full fine-tuning (and says why).
+    let o = again.run(&[
+        "--set",
+        set_base.as_str(),
+        "--resume",
+        "auto",
+        "--set",
+        "train.max_steps=7",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("lora.enabled = true"), "{}", text(&o));
+}
+
+fn params_of_adapter(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let t = candle_core::safetensors::load(
+        dir.join("adapter/adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    t.into_iter()
+        .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect()
+}
