@@ -310,8 +310,7 @@ impl Llama {
             }
             Some((lora, ad)) => {
                 let b = bv.map(|b| b.as_tensor().clone());
-                let base = frozen_linear(x, wv.as_tensor(), b.as_ref())?;
-                base + lora.delta(ad, x, track)?
+                lora.forward(ad, x, wv.as_tensor(), b.as_ref(), track)
             }
         }
     }

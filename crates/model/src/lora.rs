@@ -233,12 +233,20 @@ impl Lora {
         &self.params
     }
 
-    /// `(x A^T) B^T * s` for input `x (.., in)`: the adapter's contribution `(.., out)`,
-    /// differentiable in A and B (and x), in `x`'s dtype.
+    /// The adapted projection `x W^T (+ b) + s (x A^T) B^T` for input `x (.., in)` and the
+    /// frozen base `w (out, in)` (one fused node on the CPU, see
+    /// [`crate::fused::lora_linear`]); differentiable in A and B when `track`, and in `x`.
     ///
     /// # Errors
     /// A shape mismatch or tensor failure.
-    pub fn delta(&self, ad: &Adapter, x: &Tensor, track: bool) -> candle_core::Result<Tensor> {
+    pub fn forward(
+        &self,
+        ad: &Adapter,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        track: bool,
+    ) -> candle_core::Result<Tensor> {
         let v = |v: &Var| {
             if track {
                 v.as_tensor().clone()
@@ -246,10 +254,6 @@ impl Lora {
                 v.as_tensor().detach()
             }
         };
-        let (a, b) = (v(&ad.a), v(&ad.b));
-        let xf = x.to_dtype(a.dtype())?;
-        let h = crate::fused::linear(&xf, &a, None)?;
-        let y = crate::fused::linear(&h, &b, None)?;
-        y.affine(self.settings.scale(), 0.0)?.to_dtype(x.dtype())
+        crate::fused::lora_linear(x, w, b, &v(&ad.a), &v(&ad.b), self.settings.scale())
     }
 }

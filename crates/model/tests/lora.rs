@@ -337,3 +337,62 @@ fn lora_settings_errors_name_the_setting() {
         .to_string()
         .contains("Llama family"));
 }
+
+#[test]
+fn fused_lora_linear_equals_the_composed_form_in_value_and_gradient() {
+    use candle_core::Var;
+    let dev = Device::Cpu;
+    let rnd = |shape: &[usize], seed: u64| {
+        let mut rng = model::init::SplitMix64::new(seed);
+        let n: usize = shape.iter().product();
+        Tensor::from_vec(rng.normal_vec(n, 0.5), shape, &dev).unwrap()
+    };
+    let (rows, inf, outf, r, s) = (6, 5, 7, 3, 1.7);
+    let x = Var::from_tensor(&rnd(&[2, rows / 2, inf], 1)).unwrap();
+    let w = rnd(&[outf, inf], 2);
+    let bias = rnd(&[outf], 3);
+    let a = Var::from_tensor(&rnd(&[r, inf], 4)).unwrap();
+    let bm = Var::from_tensor(&rnd(&[outf, r], 5)).unwrap();
+    let probe = rnd(&[2, rows / 2, outf], 6);
+    let grads = |y: &Tensor| {
+        let store = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        [x.as_tensor(), a.as_tensor(), bm.as_tensor()].map(|t| {
+            store
+                .get(t)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+        })
+    };
+    let fused = model::fused::lora_linear(&x, &w, Some(&bias), &a, &bm, s).unwrap();
+    // Composed from plain candle ops: x W^T + b + s (x A^T) B^T.
+    let x2 = x.reshape((rows, inf)).unwrap();
+    let composed = (x2
+        .matmul(&w.t().unwrap())
+        .unwrap()
+        .broadcast_add(&bias)
+        .unwrap()
+        + x2.matmul(&a.t().unwrap())
+            .unwrap()
+            .affine(s, 0.0)
+            .unwrap()
+            .matmul(&bm.t().unwrap())
+            .unwrap())
+    .unwrap()
+    .reshape((2, rows / 2, outf))
+    .unwrap();
+    let (fv, cv) = (
+        fused.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+        composed.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+    );
+    for (f, c) in fv.iter().zip(&cv) {
+        assert!((f - c).abs() < 1e-12, "{f} vs {c}");
+    }
+    for (gf, gc) in grads(&fused).iter().zip(grads(&composed).iter()) {
+        for (f, c) in gf.iter().zip(gc) {
+            assert!((f - c).abs() < 1e-12, "{f} vs {c}");
+        }
+    }
+}

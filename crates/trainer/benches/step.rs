@@ -40,6 +40,7 @@ fn run() -> anyhow::Result<()> {
         ("ffn", 688),
         ("batch", 8),
         ("seq", 256),
+        ("lora", 0),
     ]
     .into_iter()
     .collect();
@@ -51,7 +52,7 @@ fn run() -> anyhow::Result<()> {
         println!(
             "One training step of a random Llama (forward, backward, AdamW) on a fixed batch."
         );
-        println!("Flags, with their defaults (the PyTorch peer's):");
+        println!("Flags, with their defaults (the PyTorch peer's; --lora R > 0: LoRA rank R, alpha 2R, every projection, instead of full fine-tuning):");
         for (k, v) in &opts {
             println!("  --{k} {v}");
         }
@@ -73,7 +74,7 @@ fn run() -> anyhow::Result<()> {
             .parse()
             .map_err(|e| anyhow::anyhow!("{flag} {value}: {e}"))?;
     }
-    if let Some((k, _)) = opts.iter().find(|(_, &v)| v == 0) {
+    if let Some((k, _)) = opts.iter().find(|(k, &v)| v == 0 && **k != "lora") {
         anyhow::bail!("--{k} must be at least 1");
     }
     // candle sizes its thread pools from this variable on first use.
@@ -95,8 +96,22 @@ fn run() -> anyhow::Result<()> {
         attention_bias: false,
         extra: BTreeMap::new(),
     };
-    let model = Llama::new_random(cfg, 0, 0.02, DType::F32, &Device::Cpu)?;
+    let mut model = Llama::new_random(cfg, 0, 0.02, DType::F32, &Device::Cpu)?;
     let n_params = model.num_parameters();
+    if opts["lora"] > 0 {
+        let settings = model::lora::LoraSettings {
+            r: opts["lora"],
+            alpha: 2.0 * opts["lora"] as f64,
+            dropout: 0.0,
+            target_modules: model::lora::LLAMA_PROJECTIONS.map(String::from).to_vec(),
+            use_rslora: false,
+        };
+        let shapes = model.projection_shapes();
+        let lora = model::lora::Lora::new(settings, &shapes, 0, DType::F32, &Device::Cpu)?;
+        model.set_lora(lora);
+    }
+    // What the optimizer keeps moments for and the all-reduce moves (f32).
+    let trainable = model.num_parameters();
     // A fixed pseudo-random batch (SplitMix-style LCG; the values do not matter).
     let mut s = 0x9E37_79B9_7F4A_7C15u64;
     let ids: Vec<u32> = (0..b * (t + 1))
@@ -136,12 +151,16 @@ fn run() -> anyhow::Result<()> {
     let med = times[times.len() / 2];
     let tokens = (b * t) as f64;
     println!(
-        "candle threads={} params={:.2}M step_median={med:.3}s tokens/s={:.0} GFLOP/s={:.1} loss={loss:.3} peak_rss_mib={:.0}",
+        "candle threads={} params={:.2}M trainable={:.3}M lora_r={} step_median={med:.3}s tokens/s={:.0} GFLOP/s={:.1} loss={loss:.3} peak_rss_mib={:.0} adam_state_mib={:.1} all_reduce_mib={:.2}",
         opts["threads"],
         n_params as f64 / 1e6,
+        trainable as f64 / 1e6,
+        opts["lora"],
         tokens / med,
         6.0 * n_params as f64 * tokens / med / 1e9,
         peak_rss_mib().unwrap_or(f64::NAN),
+        2.0 * 4.0 * trainable as f64 / (1 << 20) as f64,
+        4.0 * trainable as f64 / (1 << 20) as f64,
     );
     Ok(())
 }

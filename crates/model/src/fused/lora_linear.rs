@@ -1,0 +1,140 @@
+//! `y = x W^T (+ b) + s (x A^T) B^T` as one graph node: a LoRA-adapted linear layer with a
+//! frozen base `W (out, in)` and trainable `A (r, in)`, `B (out, r)`.
+//!
+//! Composed, the base output, the adapter's `(.., out)` product and their sum each stay alive
+//! for the backward (two extra `(rows, out)` activations per adapted projection: +49% peak
+//! memory on the step benchmark with r = 16). Here only the output exists; the backward
+//! recomputes the small `h = x A^T` `(rows, r)`:
+//! `dB = s dy^T h`, `dh = s dy B`, `dA = dh^T x`, `dx = dy W + dh A`.
+
+use super::fused_ok;
+use super::linear::{frozen_linear, gemm_xwt, linear};
+use super::storage::{typed, typed_tensor, Float};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
+
+/// The adapted layer; `w` and `b` are frozen (taken detached), `a` and `bm` differentiable.
+///
+/// # Errors
+/// Shape or dtype mismatch, or a tensor failure.
+pub fn lora_linear(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    a: &Tensor,
+    bm: &Tensor,
+    s: f64,
+) -> Result<Tensor> {
+    let same = x.dtype() == w.dtype() && x.dtype() == a.dtype() && x.dtype() == bm.dtype();
+    if !(same && fused_ok(x) && fused_ok(w) && fused_ok(a) && fused_ok(bm)) {
+        // Other devices and mixed dtypes (f32 adapters over a 16-bit base): composed.
+        let base = frozen_linear(x, w, b)?;
+        let xa = x.to_dtype(a.dtype())?;
+        let h = linear(&xa, a, None)?.affine(s, 0.0)?;
+        return base + linear(&h, bm, None)?.to_dtype(x.dtype())?;
+    }
+    let (out_f, in_f) = w.dims2()?;
+    let (r, a_in) = a.dims2()?;
+    if x.dim(D::Minus1)? != in_f || a_in != in_f || bm.dims2()? != (out_f, r) {
+        bail!(
+            "lora_linear: x {:?}, W {:?}, A {:?}, B {:?}",
+            x.dims(),
+            w.dims(),
+            a.dims(),
+            bm.dims()
+        );
+    }
+    let op = LoraLinear {
+        w: w.detach().contiguous()?,
+        s,
+    };
+    let y = x
+        .contiguous()?
+        .apply_op3(&a.contiguous()?, &bm.contiguous()?, op)?;
+    match b {
+        Some(b) => y.broadcast_add(&b.detach()),
+        None => Ok(y),
+    }
+}
+
+struct LoraLinear {
+    /// The frozen base weight `(out, in)`, contiguous.
+    w: Tensor,
+    /// The adapter scale.
+    s: f64,
+}
+
+impl LoraLinear {
+    fn forward<T: Float>(&self, x: &[T], a: &[T], bm: &[T], rows: usize) -> Result<Vec<T>> {
+        let (out_f, in_f) = self.w.dims2()?;
+        let r = a.len() / in_f.max(1);
+        let (storage, layout) = self.w.storage_and_layout();
+        let w = typed_tensor::<T>(&storage, layout, "lora_linear")?;
+        let mut y = gemm_xwt(x, w, rows, in_f, out_f);
+        let mut h = gemm_xwt(x, a, rows, in_f, r);
+        let s = T::of(self.s);
+        h.iter_mut().for_each(|v| *v *= s);
+        let d = gemm_xwt(&h, bm, rows, r, out_f);
+        y.iter_mut().zip(&d).for_each(|(y, d)| *y += *d);
+        Ok(y)
+    }
+}
+
+impl CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (out_f, in_f) = self.w.dims2()?;
+        let rows = l1.shape().elem_count() / in_f.max(1);
+        let op = self.name();
+        let out = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(self.forward::<f32>(
+                typed(s1, l1, op)?,
+                typed(s2, l2, op)?,
+                typed(s3, l3, op)?,
+                rows,
+            )?),
+            CpuStorage::F64(_) => CpuStorage::F64(self.forward::<f64>(
+                typed(s1, l1, op)?,
+                typed(s2, l2, op)?,
+                typed(s3, l3, op)?,
+                rows,
+            )?),
+            _ => bail!("{op}: unsupported dtype"),
+        };
+        let mut dims = l1.shape().dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = out_f;
+        }
+        Ok((out, Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        bm: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (out_f, in_f) = self.w.dims2()?;
+        let rows = x.elem_count() / in_f.max(1);
+        let g = grad_res.reshape((rows, out_f))?;
+        let x2 = x.reshape((rows, in_f))?;
+        let h = x2.matmul(&a.t()?)?.affine(self.s, 0.0)?;
+        let d_b = g.t()?.matmul(&h)?;
+        let dh = g.matmul(bm)?.affine(self.s, 0.0)?;
+        let d_a = dh.t()?.matmul(&x2)?;
+        let dx = (g.matmul(&self.w)? + dh.matmul(a)?)?.reshape(x.shape())?;
+        Ok((Some(dx), Some(d_a), Some(d_b)))
+    }
+}
