@@ -91,6 +91,15 @@ impl Model {
         }
     }
 
+    /// Parameters of the model itself (without LoRA adapters): the count FLOPs are quoted
+    /// for (`6 × parameters × tokens`).
+    pub fn base_num_parameters(&self) -> usize {
+        match self {
+            Model::Llama(m) => m.base_params().values().map(|v| v.elem_count()).sum(),
+            Model::Phi(m) => m.num_parameters(),
+        }
+    }
+
     /// The model with its adapters merged into the base weights and removed (a plain model;
     /// one without adapters is returned as it is).
     ///

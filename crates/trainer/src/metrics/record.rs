@@ -40,7 +40,7 @@ pub struct Header {
     /// The weighting method (`coba`, `uniform`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
-    /// Trainable parameters.
+    /// Parameters of the model (without LoRA adapters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<usize>,
     /// Task names in config order (the order of every per-task vector).
@@ -48,6 +48,9 @@ pub struct Header {
     /// Optimizer steps the run is configured for (rewritten when a resume changes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_steps: Option<u64>,
+    /// With LoRA: the adapters' parameters (`parameters` counts the model without them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable_parameters: Option<usize>,
     /// CoBa's U (steps between probes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_interval: Option<u64>,

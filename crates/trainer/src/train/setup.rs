@@ -302,6 +302,7 @@ pub fn open_sinks(
     }
     let names = trainer.tasks();
     let wcfg = &plan.weighting;
+    let lora = trainer.model.lora().is_some();
     if !resumed {
         w.write(&Header {
             global_batch_rows: Some(plan.shard.global_rows()),
@@ -311,9 +312,10 @@ pub fn open_sinks(
                 st.initial_val_loss.iter().map(|v| Some(*v)),
             )),
             method: Some(wcfg.method.as_str().into()),
-            parameters: Some(trainer.model.num_parameters()),
+            parameters: Some(trainer.model_parameters()),
             tasks: names.to_vec(),
             total_steps: Some(total_steps),
+            trainable_parameters: lora.then(|| trainer.model.num_parameters()),
             update_interval: Some(wcfg.update_interval),
             validation_batches: Some(plan.validation_batches),
             warmup_steps: Some(wcfg.warmup_steps),
@@ -335,9 +337,18 @@ pub fn open_sinks(
     } else {
         None
     };
+    if let Some(l) = trainer.model.lora() {
+        tracing::info!(
+            "LoRA: {} trainable adapter parameters (r {}, alpha {}, {}), the base frozen",
+            trainer.model.num_parameters(),
+            l.settings.r,
+            l.settings.alpha,
+            l.settings.target_modules.join(", ")
+        );
+    }
     tracing::info!(
         "{} parameters, {} tasks, {} steps of {} rows on {} rank(s); method {}, W = {}, H = {}, U = {}",
-        trainer.model.num_parameters(),
+        trainer.model_parameters(),
         names.len(),
         total_steps,
         plan.shard.global_rows(),

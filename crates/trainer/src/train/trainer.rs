@@ -64,9 +64,9 @@ impl<'a> Trainer<'a> {
         self.state.next_step
     }
 
-    /// Trainable parameters of the model.
+    /// Parameters of the model without LoRA adapters (what `gflops_per_s` counts).
     pub fn model_parameters(&self) -> usize {
-        self.model.num_parameters()
+        self.model.base_num_parameters()
     }
 
     /// The parameter names the optimizer keeps moments for (name-sorted).
