@@ -3,7 +3,10 @@
 //! finite differences, the base is frozen (no base-weight gradient is even computed), and the
 //! PEFT directory round-trips with PEFT's key names and shapes.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::max_abs_diff;
 use model::checkpoint::{load_adapter, save_adapter, AdapterConfig};
 use model::lora::{adapter_name, LoraSettings, LLAMA_PROJECTIONS};
 use model::{CausalLm, Llama, LlamaConfig, LossOptions, Model, TokenBatch};
@@ -133,18 +136,7 @@ fn merged_equals_unmerged() {
     .unwrap();
     let plain = base(DType::F32).logits(&batch()).unwrap();
     let merged = merged.logits(&batch()).unwrap();
-    let diff = |a: &Tensor, b: &Tensor| -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
+    let diff = max_abs_diff;
     assert!(
         diff(&unmerged, &plain) > 1e-2,
         "the adapter changes the output"

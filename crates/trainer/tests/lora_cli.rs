@@ -145,12 +145,5 @@ fn lora_run_writes_peft_adapters_that_eval_and_merge_read() {
 }
 
 fn params_of_adapter(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<f32>> {
-    let t = candle_core::safetensors::load(
-        dir.join("adapter/adapter_model.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    t.into_iter()
-        .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
-        .collect()
+    safetensors_f32(&dir.join("adapter/adapter_model.safetensors"))
 }

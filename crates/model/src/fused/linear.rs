@@ -1,7 +1,7 @@
 //! `y = x @ w^T (+ b)` as one graph node.
 
 use super::fused_ok;
-use super::storage::{run2, Float, Kernel2};
+use super::storage::{run2, with_last_dim, Float, Kernel2};
 use crate::layers;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
 
@@ -129,11 +129,7 @@ impl CustomOp2 for Linear {
         let rows = l1.shape().elem_count() / in_f.max(1);
         let gemm = XwT { rows, in_f, out_f };
         let out = run2(&gemm, self.name(), (s1, l1), (s2, l2))?;
-        let mut dims = l1.shape().dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = out_f;
-        }
-        Ok((out, Shape::from(dims)))
+        Ok((out, with_last_dim(l1.shape(), out_f)))
     }
 
     fn bwd(

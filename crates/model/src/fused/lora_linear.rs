@@ -9,7 +9,7 @@
 
 use super::fused_ok;
 use super::linear::{frozen_linear, gemm_xwt, linear};
-use super::storage::{typed, typed_tensor, Float};
+use super::storage::{typed, typed_tensor, with_last_dim, Float};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 
 /// The adapted layer; `w` and `b` are frozen (taken detached), `a` and `bm` differentiable.
@@ -64,7 +64,11 @@ struct LoraLinear {
 }
 
 impl LoraLinear {
-    fn forward<T: Float>(&self, x: &[T], a: &[T], bm: &[T], rows: usize) -> Result<Vec<T>> {
+    /// The forward product for `rows` rows; `args` are (x, A, B) storages of dtype `T`.
+    fn forward<T: Float>(&self, args: [(&CpuStorage, &Layout); 3], rows: usize) -> Result<Vec<T>> {
+        let op = "lora_linear";
+        let [x, a, bm] = args.map(|(s, l)| typed::<T>(s, l, op));
+        let (x, a, bm) = (x?, a?, bm?);
         let (out_f, in_f) = self.w.dims2()?;
         let r = a.len() / in_f.max(1);
         let (storage, layout) = self.w.storage_and_layout();
@@ -95,27 +99,13 @@ impl CustomOp3 for LoraLinear {
     ) -> Result<(CpuStorage, Shape)> {
         let (out_f, in_f) = self.w.dims2()?;
         let rows = l1.shape().elem_count() / in_f.max(1);
-        let op = self.name();
+        let args = [(s1, l1), (s2, l2), (s3, l3)];
         let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(self.forward::<f32>(
-                typed(s1, l1, op)?,
-                typed(s2, l2, op)?,
-                typed(s3, l3, op)?,
-                rows,
-            )?),
-            CpuStorage::F64(_) => CpuStorage::F64(self.forward::<f64>(
-                typed(s1, l1, op)?,
-                typed(s2, l2, op)?,
-                typed(s3, l3, op)?,
-                rows,
-            )?),
-            _ => bail!("{op}: unsupported dtype"),
+            CpuStorage::F32(_) => CpuStorage::F32(self.forward::<f32>(args, rows)?),
+            CpuStorage::F64(_) => CpuStorage::F64(self.forward::<f64>(args, rows)?),
+            _ => bail!("{}: unsupported dtype", self.name()),
         };
-        let mut dims = l1.shape().dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = out_f;
-        }
-        Ok((out, Shape::from(dims)))
+        Ok((out, with_last_dim(l1.shape(), out_f)))
     }
 
     fn bwd(

@@ -4,6 +4,15 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, Layout, Result};
 
 /// The contiguous slice a layout selects, or an error naming the op.
+/// `shape` with its last dimension replaced by `last` (a product's output shape).
+pub(super) fn with_last_dim(shape: &candle_core::Shape, last: usize) -> candle_core::Shape {
+    let mut dims = shape.dims().to_vec();
+    if let Some(l) = dims.last_mut() {
+        *l = last;
+    }
+    candle_core::Shape::from(dims)
+}
+
 pub(super) fn slice<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),

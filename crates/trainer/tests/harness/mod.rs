@@ -226,12 +226,14 @@ pub fn file_bytes(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
+/// The parameters of a checkpoint's HF model (`dir/model/model.safetensors`).
 pub fn params(dir: &Path) -> BTreeMap<String, Vec<f32>> {
-    let t = candle_core::safetensors::load(
-        dir.join("model/model.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
+    safetensors_f32(&dir.join("model/model.safetensors"))
+}
+
+/// Every tensor of a safetensors file as flat f32 values.
+pub fn safetensors_f32(file: &Path) -> BTreeMap<String, Vec<f32>> {
+    let t = candle_core::safetensors::load(file, &candle_core::Device::Cpu).unwrap();
     t.into_iter()
         .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
         .collect()
