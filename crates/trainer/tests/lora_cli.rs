@@ -76,7 +76,8 @@ fn lora_run_writes_peft_adapters_that_eval_and_merge_read() {
     let cfg: Value =
         serde_json::from_str(&std::fs::read_to_string(best.join("adapter_config.json")).unwrap())
             .unwrap();
-    assert_eq!(cfg["base_model_name_or_path"], base.display().to_string());
+    let abs = std::fs::canonicalize(&base).unwrap();
+    assert_eq!(cfg["base_model_name_or_path"], abs.display().to_string());
     assert_eq!(
         (cfg["r"].as_u64(), cfg["peft_type"].as_str()),
         (Some(4), Some("LORA"))

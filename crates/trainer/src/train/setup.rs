@@ -194,7 +194,13 @@ pub fn start<'a>(
         shard: plan.shard,
         settings: plan.step.clone(),
         layout_checked: false,
-        base_model_path: cfg.model.path.as_ref().map(|p| p.display().to_string()),
+        // Absolute, so that eval/generate/merge find the base from any directory.
+        base_model_path: cfg.model.path.as_ref().map(|p| {
+            std::fs::canonicalize(p)
+                .unwrap_or_else(|_| p.clone())
+                .display()
+                .to_string()
+        }),
     })
 }
 

@@ -54,7 +54,7 @@ pub struct Trainer<'a> {
     pub(super) settings: StepSettings,
     /// Gradient layouts are checked on the first step of this process only.
     pub(super) layout_checked: bool,
-    /// `model.path` as configured (LoRA adapters name it as their base).
+    /// `model.path`, absolute (LoRA adapters name it as their base).
     pub base_model_path: Option<String>,
 }
 
