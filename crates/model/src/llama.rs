@@ -274,7 +274,8 @@ impl Llama {
                     "model.layers.{i}.{}.{m}.weight",
                     crate::lora::projection_parent(m)
                 );
-                let w = out[&name].to_dtype(DType::F32)?;
+                // In the adapters' dtype: f32 (f64 over an f64 base).
+                let w = out[&name].to_dtype(ad.a.dtype())?;
                 let ba = ad.b.as_tensor().matmul(ad.a.as_tensor())?;
                 let merged = (w + ba.affine(s, 0.0)?)?.to_dtype(self.dtype)?;
                 out.insert(name, merged);

@@ -41,7 +41,8 @@ pub struct LoraSettings {
     pub r: usize,
     /// alpha (the scale numerator).
     pub alpha: f64,
-    /// Dropout on the input of A (PEFT `lora_dropout`); only 0 in this version.
+    /// Dropout on the input of A (PEFT `lora_dropout`): a training setting (no effect on a
+    /// forward without dropout, a merge or an evaluation); training supports only 0 so far.
     pub dropout: f64,
     /// Targeted projections (names from [`LLAMA_PROJECTIONS`]), sorted.
     pub target_modules: Vec<String>,
@@ -65,24 +66,22 @@ impl LoraSettings {
     /// [`ModelError::Config`] naming the setting.
     pub fn validate(&self) -> Result<(), ModelError> {
         if self.r == 0 {
-            return Err(ModelError::Config("lora.r must be at least 1".into()));
+            return Err(ModelError::Config("`lora.r`: must be at least 1".into()));
         }
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
             return Err(ModelError::Config(format!(
-                "lora.alpha must be > 0, got {}",
+                "`lora.alpha`: must be > 0, got {}",
                 self.alpha
             )));
         }
-        if self.dropout != 0.0 {
-            // Dropout masks must be a pure function of (seed, step, global row) to keep
-            // resume == uninterrupted and N ranks == 1 rank; not written yet.
-            return Err(ModelError::Unsupported(format!(
-                "lora.dropout = {}: only 0 is implemented in this version",
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(ModelError::Config(format!(
+                "`lora.dropout`: must be in [0, 1), got {}",
                 self.dropout
             )));
         }
         if self.target_modules.is_empty() {
-            return Err(ModelError::Config("lora.target_modules is empty".into()));
+            return Err(ModelError::Config("`lora.target_modules`: empty".into()));
         }
         if let Some(m) = self
             .target_modules
@@ -90,7 +89,7 @@ impl LoraSettings {
             .find(|m| !LLAMA_PROJECTIONS.contains(&m.as_str()))
         {
             return Err(ModelError::Config(format!(
-                "lora.target_modules: unknown module `{m}` (expected \"all-linear\" or some of {})",
+                "`lora.target_modules`: unknown module `{m}` (expected \"all-linear\" or some of {})",
                 LLAMA_PROJECTIONS.join(", ")
             )));
         }

@@ -310,10 +310,17 @@ fn lora_settings_errors_name_the_setting() {
     assert!(bad(settings(0, &all())).contains("lora.r"));
     assert!(bad(settings(4, &["qproj"])).contains("unknown module `qproj`"));
     assert!(bad(LoraSettings {
-        dropout: 0.05,
+        dropout: 1.5,
         ..settings(4, &all())
     })
     .contains("lora.dropout"));
+    // Dropout is a training setting: adapters trained with it load (for eval and merge).
+    assert!(LoraSettings {
+        dropout: 0.05,
+        ..settings(4, &all())
+    }
+    .validate()
+    .is_ok());
     let mut phi: Model = model::Phi::new_random(
         model::PhiConfig::tiny(50, 16, 1, 2),
         1,

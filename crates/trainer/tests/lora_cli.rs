@@ -132,6 +132,66 @@ fn lora_run_writes_peft_adapters_that_eval_and_merge_read() {
         "resumed adapters equal the uninterrupted run's, bit for bit"
     );
 
+    // eval of best/ equals what the run itself measured at its best evaluation
+    // (best/summary.json), and a LoRA run on the LoRA best/ (its merged weights as the base)
+    // evaluates right: its adapters over the first adapters merged, not the original base.
+    let final_val = |j: &Job| -> Vec<f64> {
+        let p = j.out().join("best/summary.json");
+        let s: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        ["add", "echo", "words"]
+            .iter()
+            .map(|t| s["val_loss"][t].as_f64().unwrap())
+            .collect()
+    };
+    let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5);
+    assert!(
+        close(&with_adapter, &final_val(&job)),
+        "{with_adapter:?} vs {:?}",
+        final_val(&job)
+    );
+    let second = Job::new("");
+    let set_lora_base = format!("model.path=\"{}\"", best.display());
+    let mut sets2 = sets.to_vec();
+    sets2[1] = set_lora_base.as_str();
+    ok(&second.run(&sets2));
+    let second_eval = eval_json(second.out().join("best").to_str().unwrap(), &second);
+    assert!(
+        close(&second_eval, &final_val(&second)),
+        "{second_eval:?} vs {:?}",
+        final_val(&second)
+    );
+
+    // merge refuses an --out that exists and is not empty (e.g. the base or adapter dir).
+    let o = coba_dist(&[
+        "merge",
+        "--adapter",
+        best.to_str().unwrap(),
+        "--out",
+        base.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("not an empty directory"), "{}", text(&o));
+    // LoRA needs a saved base: a random-init [model.arch] base is refused up front.
+    let o = Job::new("").run(&["--set", "lora.enabled=true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("lora.enabled"), "{}", text(&o));
+    // Resuming the adapters over another base is refused, naming both.
+    let other = format!(
+        "model.path=\"{}\"",
+        base_job.checkpoint(3).join("model").display()
+    );
+    let mut sets3 = sets.to_vec();
+    sets3[1] = other.as_str();
+    let o = again.run(
+        &[
+            &sets3[..],
+            &["--resume", "auto", "--set", "train.max_steps=7"],
+        ]
+        .concat(),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("trained on the base"), "{}", text(&o));
+
     // A LoRA checkpoint does not resume as full fine-tuning (and says why).
     let o = again.run(&[
         "--set",

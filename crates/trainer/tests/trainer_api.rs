@@ -15,12 +15,12 @@ use trainer::train::early_stopping::{EarlyStopping, Verdict};
 use trainer::train::plan::Plan;
 use trainer::train::{load_data, setup, state, Trainer};
 
-fn load(job: &Job, sets: &[&str]) -> TrainConfig {
+fn load(job: &Job, sets: &[impl AsRef<str>]) -> TrainConfig {
     let text = std::fs::read_to_string(job.config()).unwrap();
     config::load(&Sources {
         toml: Some((text, job.config().display().to_string())),
         env: Vec::new(),
-        sets: sets.iter().map(|s| s.to_string()).collect(),
+        sets: sets.iter().map(|s| s.as_ref().to_string()).collect(),
     })
     .unwrap()
 }
@@ -67,20 +67,40 @@ fn with_trainer<R>(
     f(&mut t, &plan)
 }
 
-/// LoRA on the harness's tiny model: rank 4 on every projection.
-const LORA: [&str; 3] = ["lora.enabled=true", "lora.r=4", "lora.alpha=8.0"];
+/// Full fine-tuning: no extra settings.
+fn full(_: &Job) -> Vec<String> {
+    Vec::new()
+}
 
-fn resume_equals_uninterrupted(sets: &[&str]) {
+/// LoRA (rank 4 on every projection) on the harness's tiny model, saved as an HF directory in
+/// the job's `base/` (its random init from the job's seed) and named by `model.path`.
+fn lora(job: &Job) -> Vec<String> {
+    let base = job.dir.path().join("base");
+    if !base.exists() {
+        let cfg = load(job, &[] as &[&str]);
+        let (enc, _) = load_data(&cfg).unwrap();
+        let m = trainer::train::build_model(&cfg, enc.vocab_size()).unwrap();
+        model::checkpoint::save_hf_dir(&m, &base).unwrap();
+    }
+    vec![
+        "lora.enabled=true".into(),
+        "lora.r=4".into(),
+        "lora.alpha=8.0".into(),
+        format!("model.path=\"{}\"", base.display()),
+    ]
+}
+
+fn resume_equals_uninterrupted(sets: fn(&Job) -> Vec<String>) {
     let comm = collectives::Local::new();
     let job = Job::new("");
-    let cfg = load(&job, sets);
+    let cfg = load(&job, &sets(&job));
     let (straight, straight_losses, straight_weighter) = with_trainer(&cfg, &comm, None, |t, _| {
         let l = drive(t, 6);
         (params_of(t), l, t.state.weighter.clone())
     });
 
     let job2 = Job::new("");
-    let cfg2 = load(&job2, sets);
+    let cfg2 = load(&job2, &sets(&job2));
     let mut first = with_trainer(&cfg2, &comm, None, |t, plan| {
         let l = drive(t, 3);
         let mut c = Checkpointer::new(plan.checkpoint_settings(&cfg2).unwrap(), 0, None);
@@ -103,12 +123,12 @@ fn resume_equals_uninterrupted(sets: &[&str]) {
 
 #[test]
 fn resume_from_the_checkpointer_equals_an_uninterrupted_run() {
-    resume_equals_uninterrupted(&[]);
+    resume_equals_uninterrupted(full);
 }
 
 #[test]
 fn lora_resume_from_the_checkpointer_equals_an_uninterrupted_run() {
-    resume_equals_uninterrupted(&LORA);
+    resume_equals_uninterrupted(lora);
 }
 
 #[test]
@@ -116,7 +136,7 @@ fn lora_trains_only_the_adapters_and_leaves_the_base_bytes_unchanged() {
     use model::CausalLm;
     let comm = collectives::Local::new();
     let job = Job::new("");
-    let cfg = load(&job, &LORA);
+    let cfg = load(&job, &lora(&job));
     with_trainer(&cfg, &comm, None, |t, plan| {
         let llama = t.model.as_llama().unwrap();
         let base_before: BTreeMap<String, Vec<f32>> = llama
@@ -268,24 +288,26 @@ fn run_steps(cfg: &TrainConfig, comm: &dyn collectives::Communicator) -> RankRes
 
 #[test]
 fn two_ranks_equal_one_rank_through_the_trainer_api() {
-    two_ranks_equal_one_rank("two_ranks_equal_one_rank_through_the_trainer_api", &[]);
+    two_ranks_equal_one_rank("two_ranks_equal_one_rank_through_the_trainer_api", full);
 }
 
 #[test]
 fn lora_two_ranks_equal_one_rank_through_the_trainer_api() {
     two_ranks_equal_one_rank(
         "lora_two_ranks_equal_one_rank_through_the_trainer_api",
-        &LORA,
+        lora,
     );
 }
 
 /// Test `name` (this function's caller) on 2 ranks (micro-batch 2) against 1 rank
-/// (micro-batch 4) with `sets`.
-fn two_ranks_equal_one_rank(name: &str, sets: &[&str]) {
+/// (micro-batch 4) with the settings `sets` gives for a job (the ranks get them in
+/// `TRAINER_API_SETS`, one per line).
+fn two_ranks_equal_one_rank(name: &str, sets: fn(&Job) -> Vec<String>) {
     if let Some(out) = std::env::var_os(CHILD) {
         let job_dir = std::env::var("TRAINER_API_JOB").unwrap();
         let text = std::fs::read_to_string(Path::new(&job_dir).join("config.toml")).unwrap();
-        let mut sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let given = std::env::var("TRAINER_API_SETS").unwrap_or_default();
+        let mut sets: Vec<String> = given.lines().map(String::from).collect();
         sets.push("train.micro_batch_size=2".into());
         let cfg = config::load(&Sources {
             toml: Some((text, job_dir.clone())),
@@ -314,6 +336,7 @@ fn two_ranks_equal_one_rank(name: &str, sets: &[&str]) {
         .arg(std::env::current_exe().unwrap())
         .args(["--exact", name, "--test-threads=1"])
         .env(CHILD, &out)
+        .env("TRAINER_API_SETS", sets(&two).join("\n"))
         .env("TRAINER_API_JOB", two.dir.path())
         .env("RAYON_NUM_THREADS", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -328,7 +351,7 @@ fn two_ranks_equal_one_rank(name: &str, sets: &[&str]) {
     ok(&o);
     let r2: RankResult = serde_json::from_slice(&file_bytes(&out)).unwrap();
     let one = Job::new("");
-    let r1 = run_steps(&load(&one, sets), &collectives::Local::new());
+    let r1 = run_steps(&load(&one, &sets(&one)), &collectives::Local::new());
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(1.0);
     for (s, (a, b)) in r1.losses.iter().zip(&r2.losses).enumerate() {
         for (x, y) in a.iter().zip(b) {

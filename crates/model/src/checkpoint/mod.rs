@@ -91,17 +91,18 @@ pub fn load_with_adapter(
     device: &Device,
 ) -> Result<Model, CheckpointError> {
     let (cfg, tensors) = load_adapter(adapter_dir, device)?;
-    let base = match (base, &cfg.base_model_name_or_path) {
-        (Some(b), _) => b.to_path_buf(),
-        (None, Some(b)) => std::path::PathBuf::from(b),
-        (None, None) => {
-            return Err(CheckpointError::format(
+    let base =
+        match (base, &cfg.base_model_name_or_path) {
+            (Some(b), _) => b.to_path_buf(),
+            (None, Some(b)) => std::path::PathBuf::from(b),
+            (None, None) => return Err(CheckpointError::format(
                 &adapter_dir.join(ADAPTER_CONFIG),
-                "LoRA adapters without base_model_name_or_path: give the base model too",
-            ))
-        }
-    };
-    let mut model = load_model(&base, dtype, device)?;
+                "LoRA adapters without base_model_name_or_path: give the base model (merge --base)",
+            )),
+        };
+    // A base that is itself an adapter directory (a LoRA run on a LoRA run's best/) is
+    // its merged weights, as training saw it.
+    let mut model = load_model(&base, dtype, device)?.merged()?;
     model.attach_lora(cfg.settings(), 0, Some(tensors))?;
     Ok(model)
 }

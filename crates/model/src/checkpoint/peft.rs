@@ -42,6 +42,15 @@ pub struct AdapterConfig {
     pub use_dora: bool,
     /// `true`: loads for inference unless asked otherwise.
     pub inference_mode: bool,
+    /// PEFT's per-module alpha overrides (not supported: must be absent or empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha_pattern: Option<serde_json::Value>,
+    /// PEFT's per-module rank overrides (not supported: must be absent or empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank_pattern: Option<serde_json::Value>,
+    /// PEFT's layer subset (not supported: must be absent or null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers_to_transform: Option<serde_json::Value>,
 }
 
 impl AdapterConfig {
@@ -60,6 +69,35 @@ impl AdapterConfig {
             use_rslora: settings.use_rslora,
             use_dora: false,
             inference_mode: true,
+            alpha_pattern: None,
+            rank_pattern: None,
+            layers_to_transform: None,
+        }
+    }
+
+    /// Refuses what these adapters would need and this version does not implement (instead
+    /// of a silently different model): DoRA, per-module alpha or rank, a layer subset.
+    ///
+    /// # Errors
+    /// Names the PEFT field.
+    pub fn check_supported(&self) -> Result<(), String> {
+        let set = |v: &Option<serde_json::Value>| match v {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Object(m)) => !m.is_empty(),
+            Some(serde_json::Value::Array(a)) => !a.is_empty(),
+            Some(_) => true,
+        };
+        let unsupported = [
+            ("use_dora", self.use_dora),
+            ("alpha_pattern", set(&self.alpha_pattern)),
+            ("rank_pattern", set(&self.rank_pattern)),
+            ("layers_to_transform", set(&self.layers_to_transform)),
+        ];
+        match unsupported.iter().find(|(_, on)| *on) {
+            Some((field, _)) => Err(format!(
+                "`{field}` is set: adapters using it are not supported in this version"
+            )),
+            None => Ok(()),
         }
     }
 
@@ -108,8 +146,22 @@ pub fn load_adapter(
 ) -> Result<(AdapterConfig, BTreeMap<String, Tensor>), CheckpointError> {
     let cpath = dir.join(ADAPTER_CONFIG);
     let text = std::fs::read_to_string(&cpath).map_err(|e| CheckpointError::io(&cpath, e))?;
-    let config: AdapterConfig =
+    let raw: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| CheckpointError::format(&cpath, e))?;
+    if raw
+        .get("target_modules")
+        .is_some_and(serde_json::Value::is_string)
+    {
+        return Err(CheckpointError::format(
+            &cpath,
+            "target_modules is a pattern string: only a list of module names is supported",
+        ));
+    }
+    let config: AdapterConfig =
+        serde_json::from_value(raw).map_err(|e| CheckpointError::format(&cpath, e))?;
+    config
+        .check_supported()
+        .map_err(|m| CheckpointError::format(&cpath, m))?;
     if config.peft_type != "LORA" {
         return Err(CheckpointError::format(
             &cpath,

@@ -10,6 +10,21 @@ use candle_core::{DType, Device};
 use clap::Args;
 use std::path::PathBuf;
 
+/// `--out` must be a new or empty directory: writing into the adapter or base directory
+/// would replace the files the merge reads (an emptied tokenizer, a base with the adapters
+/// applied twice on the next load).
+fn check_out(args: &MergeArgs) -> anyhow::Result<()> {
+    let nonempty = std::fs::read_dir(&args.out).is_ok_and(|mut d| d.next().is_some());
+    if args.out.exists() && (!args.out.is_dir() || nonempty) {
+        anyhow::bail!(
+            "--out {}: exists and is not an empty directory (it could be the adapter or base \
+             directory); give a new directory",
+            args.out.display()
+        );
+    }
+    Ok(())
+}
+
 /// Options of `merge`.
 #[derive(Debug, Args)]
 pub struct MergeArgs {
@@ -19,13 +34,14 @@ pub struct MergeArgs {
     /// The base model (default: the adapter config's `base_model_name_or_path`).
     #[arg(long, value_name = "PATH")]
     base: Option<PathBuf>,
-    /// Where the merged HF model goes (created).
+    /// Where the merged HF model goes: a new or empty directory.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
 }
 
 /// Merges and writes.
 pub fn run(args: &MergeArgs) -> Result<(), ExitError> {
+    check_out(args).map_err(bad_input)?;
     let model = model::checkpoint::load_with_adapter(
         args.base.as_deref(),
         &args.adapter,

@@ -225,6 +225,22 @@ pub fn check_not_lora(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The adapters were trained on the base `model.path` names now (both absolute paths):
+/// adapters on another base are another model, and `l_i(0)` was measured on the old one.
+///
+/// # Errors
+/// Names both bases.
+pub fn check_adapter_base(saved: Option<&str>, now: Option<&str>, dir: &Path) -> Result<()> {
+    match (saved, now) {
+        (Some(a), Some(b)) if a != b => bail!(
+            "{}: the adapters were trained on the base {a}, the configuration's model.path is \
+             {b}: resume with the run's base (adapters on another base are another model)",
+            dir.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// The adapters' settings must be the run's: another rank, alpha or module set is another
 /// model.
 ///

@@ -195,18 +195,23 @@ pub fn start<'a>(
         settings: plan.step.clone(),
         layout_checked: false,
         // Absolute, so that eval/generate/merge find the base from any directory.
-        base_model_path: cfg.model.path.as_ref().map(|p| {
-            std::fs::canonicalize(p)
-                .unwrap_or_else(|_| p.clone())
-                .display()
-                .to_string()
-        }),
+        base_model_path: cfg.model.path.as_deref().map(absolute),
     })
 }
 
 /// Replaces the fresh adapters of `model` by the checkpoint's (same settings required).
 fn resume_adapters(cfg: &TrainConfig, model: &mut Model, dir: &Path) -> Result<(), RunError> {
     let adir = dir.join(state::model_dir_name(true));
+    if !adir.is_dir() {
+        return Err(anyhow::anyhow!(
+            "{}: the checkpoint holds a full model (model/), the configuration trains LoRA \
+             adapters: resume with lora.enabled = false, or start a LoRA run with model.path = \
+             \"{}\"",
+            dir.display(),
+            dir.join("model").display()
+        ))
+        .bad_input();
+    }
     let (saved, tensors) = model::checkpoint::load_adapter(&adir, &Device::Cpu).bad_input()?;
     let settings = cfg
         .lora
@@ -214,10 +219,21 @@ fn resume_adapters(cfg: &TrainConfig, model: &mut Model, dir: &Path) -> Result<(
         .map_err(anyhow::Error::msg)
         .bad_input()?;
     resume_rules::check_adapter(&saved.settings(), &settings, &adir).bad_input()?;
+    let base = cfg.model.path.as_deref().map(absolute);
+    let saved_base = saved.base_model_name_or_path.as_deref();
+    resume_rules::check_adapter_base(saved_base, base.as_deref(), &adir).bad_input()?;
     model
         .attach_lora(settings, cfg.train.seed, Some(tensors))
         .with_context(|| format!("{}", adir.display()))
         .bad_input()
+}
+
+/// `p` as an absolute path string (symlinks resolved; as given when it cannot be resolved).
+fn absolute(p: &Path) -> String {
+    std::fs::canonicalize(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
 }
 
 /// A fresh run's optimizer and state: `l_i(0)` from a full validation pass.

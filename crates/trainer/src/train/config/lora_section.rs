@@ -73,7 +73,19 @@ impl LoraSection {
             target_modules,
             use_rslora: self.use_rslora,
         };
-        s.validate().map_err(|e| e.to_string())?;
+        s.validate().map_err(|e| match e {
+            model::ModelError::Config(m) => format!("key {m}"),
+            other => other.to_string(),
+        })?;
+        if s.dropout != 0.0 {
+            // Dropout masks must be a pure function of (seed, step, global row) to keep
+            // resume == uninterrupted and N ranks == 1 rank; not written yet.
+            return Err(format!(
+                "key `lora.dropout`: {}: training with adapter dropout is not implemented in \
+                 this version; use 0",
+                s.dropout
+            ));
+        }
         Ok(s)
     }
 }

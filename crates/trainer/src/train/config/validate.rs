@@ -111,6 +111,14 @@ pub fn validate(cfg: &TrainConfig) -> Result<(), ConfigError> {
     }
     if cfg.lora.enabled {
         cfg.lora.settings().map_err(ConfigError)?;
+        if cfg.model.path.is_none() {
+            return err(
+                "lora.enabled",
+                "LoRA trains adapters for a saved base model: give model.path (a random-init \
+                 [model.arch] base is never saved, so its adapters could not be used)"
+                    .into(),
+            );
+        }
     }
     cfg.data
         .validate()
