@@ -9,6 +9,10 @@ use harness::*;
 use serde_json::Value;
 
 fn eval_json(model: &str, job: &Job) -> Vec<f64> {
+    eval_json_with(model, job, &[])
+}
+
+fn eval_json_with(model: &str, job: &Job, extra: &[&str]) -> Vec<f64> {
     let tasks: Vec<String> = ["add", "echo", "words"]
         .iter()
         .map(|t| {
@@ -31,6 +35,7 @@ fn eval_json(model: &str, job: &Job) -> Vec<f64> {
     for t in &tasks {
         args.extend(["--task", t.as_str()]);
     }
+    args.extend(extra);
     let o = coba_dist(&args);
     let text = ok(&o);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -159,6 +164,38 @@ fn lora_run_writes_peft_adapters_that_eval_and_merge_read() {
         close(&second_eval, &final_val(&second)),
         "{second_eval:?} vs {:?}",
         final_val(&second)
+    );
+
+    // --base: the second run's adapters over the merged first run (merge's output) equal
+    // the adapters over the LoRA directory their config names.
+    let second_best = second.out().join("best");
+    let over_merged = eval_json_with(
+        second_best.to_str().unwrap(),
+        &second,
+        &["--base", merged.to_str().unwrap()],
+    );
+    assert!(
+        close(&over_merged, &second_eval),
+        "{over_merged:?} vs {second_eval:?}"
+    );
+    let task = format!("add={}", second.dir.path().join("add.jsonl").display());
+    let tok = tokenizer().display().to_string();
+    let o = coba_dist(&[
+        "eval",
+        "--model",
+        base.to_str().unwrap(),
+        "--base",
+        base.to_str().unwrap(),
+        "--tokenizer",
+        &tok,
+        "--task",
+        &task,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("not a LoRA adapter directory"),
+        "{}",
+        text(&o)
     );
 
     // merge refuses an --out that exists and is not empty (e.g. the base or adapter dir).

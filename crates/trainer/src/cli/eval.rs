@@ -30,10 +30,15 @@ pub struct EvalArgs {
     /// max_seq_len, carve-out seed), and by default the model `output_dir/best`.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["tokenizer", "tasks"])]
     config: Option<PathBuf>,
-    /// Model: a Hugging Face directory (config.json + safetensors), a .gguf file, or a
-    /// training checkpoint directory (the HF model in its model/ subdirectory).
+    /// Model: a Hugging Face directory (config.json + safetensors), a .gguf file, a LoRA
+    /// adapter directory (PEFT format, e.g. a LoRA run's best/; the base from its
+    /// adapter_config.json or --base), or a training checkpoint directory.
     #[arg(long, value_name = "PATH", required_unless_present = "config")]
     model: Option<PathBuf>,
+    /// With a LoRA adapter directory as the model: its base (default: the adapter config's
+    /// base_model_name_or_path).
+    #[arg(long, value_name = "PATH")]
+    base: Option<PathBuf>,
     /// Override one key of --config, e.g. `--set data.max_seq_len=512` (repeatable; as for
     /// training).
     #[arg(long = "set", value_name = "KEY=VALUE", requires = "config")]
@@ -159,7 +164,7 @@ pub fn run(args: &EvalArgs) -> Result<(), ExitError> {
     // an empty one is an error naming the task, the split and what was dropped.
     let ds = ::data::dataset::load_with(&cfg, &enc, ::data::dataset::Needs::Split(split))
         .map_err(bad_input)?;
-    let model = model_path::load(&model_arg)?;
+    let model = model_path::load(&model_arg, args.base.as_deref())?;
     check_vocab(&ds, split, &model, &tokenizer, &model_arg)?;
 
     let local = evaluate_rank(&model, &ds, split, comm, args.micro_batch);

@@ -17,10 +17,15 @@ use tokenizers::Tokenizer;
 /// Generate a completion for one prompt.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Model: a Hugging Face directory (config.json + safetensors), a .gguf file, or a
-    /// training checkpoint directory (the HF model in its model/ subdirectory).
+    /// Model: a Hugging Face directory (config.json + safetensors), a .gguf file, a LoRA
+    /// adapter directory (PEFT format, e.g. a LoRA run's best/; the base from its
+    /// adapter_config.json or --base), or a training checkpoint directory.
     #[arg(long, value_name = "PATH")]
     model: PathBuf,
+    /// With a LoRA adapter directory as the model: its base (default: the adapter config's
+    /// base_model_name_or_path).
+    #[arg(long, value_name = "PATH")]
+    base: Option<PathBuf>,
     /// tokenizer.json; default: `tokenizer.json` beside the model (as `best/` has it).
     #[arg(long, value_name = "T")]
     tokenizer: Option<PathBuf>,
@@ -97,7 +102,7 @@ pub fn run(args: &GenerateArgs) -> Result<(), ExitError> {
     stop.extend(tokenizer_eos(&tokenizer, &tokenizer_path));
     stop.dedup();
 
-    let model = model_path::load(&args.model)?;
+    let model = model_path::load(&args.model, args.base.as_deref())?;
     let vocab = model.vocab_size();
     if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
         return Err(bad_input(anyhow!(

@@ -117,14 +117,27 @@ pub fn template_for(model: &Path, preset: Option<&str>) -> anyhow::Result<Templa
     })
 }
 
-/// Loads the model of `--model PATH` (see [`resolve`]) as f32 on the CPU.
+/// Loads the model of `--model PATH` (see [`resolve`]) as f32 on the CPU; `base` replaces
+/// the base a LoRA adapter directory names.
 ///
 /// # Errors
-/// Exit code 2 for a missing path or an unreadable, malformed or inconsistent checkpoint; the
-/// message names the file.
-pub fn load(path: &Path) -> Result<Model, ExitError> {
+/// Exit code 2 for a missing path or an unreadable, malformed or inconsistent checkpoint, or
+/// `--base` with a model that is not an adapter directory; the message names the file.
+pub fn load(path: &Path, base: Option<&Path>) -> Result<Model, ExitError> {
     let dir = resolve(path).map_err(bad_input)?;
-    load_model(&dir, DType::F32, &Device::Cpu)
+    let loaded = match base {
+        None => load_model(&dir, DType::F32, &Device::Cpu),
+        Some(b) if dir.join(model::checkpoint::ADAPTER_CONFIG).is_file() => {
+            model::checkpoint::load_with_adapter(Some(b), &dir, DType::F32, &Device::Cpu)
+        }
+        Some(_) => {
+            return Err(bad_input(anyhow!(
+                "--base: model {} is not a LoRA adapter directory",
+                path.display()
+            )))
+        }
+    };
+    loaded
         .with_context(|| format!("loading model {}", dir.display()))
         .map_err(bad_input)
 }
