@@ -198,6 +198,27 @@ fn lora_run_writes_peft_adapters_that_eval_and_merge_read() {
         text(&o)
     );
 
+    // merge takes a LoRA checkpoint directory too (its adapter/), and check shows [lora].
+    let from_ckpt = job.dir.path().join("merged-ckpt");
+    let ckpt6 = job.checkpoint(6);
+    ok(&coba_dist(&[
+        "merge",
+        "--adapter",
+        ckpt6.to_str().unwrap(),
+        "--out",
+        from_ckpt.to_str().unwrap(),
+    ]));
+    assert!(from_ckpt.join("model.safetensors").is_file());
+    let cfg_path = job.config();
+    let mut check = vec!["check", "--config", cfg_path.to_str().unwrap()];
+    check.extend(&sets);
+    let o = coba_dist(&check);
+    assert!(
+        ok(&o).contains("lora: r 4, alpha 8 (scale 2)"),
+        "{}",
+        text(&o)
+    );
+
     // merge refuses an --out that exists and is not empty (e.g. the base or adapter dir).
     let o = coba_dist(&[
         "merge",

@@ -28,7 +28,8 @@ fn check_out(args: &MergeArgs) -> anyhow::Result<()> {
 /// Options of `merge`.
 #[derive(Debug, Args)]
 pub struct MergeArgs {
-    /// The adapter directory (`adapter_config.json` + `adapter_model.safetensors`).
+    /// The adapter directory (`adapter_config.json` + `adapter_model.safetensors`), or a LoRA
+    /// run's checkpoint directory (its `adapter/`).
     #[arg(long, value_name = "DIR")]
     adapter: PathBuf,
     /// The base model (default: the adapter config's `base_model_name_or_path`).
@@ -42,9 +43,16 @@ pub struct MergeArgs {
 /// Merges and writes.
 pub fn run(args: &MergeArgs) -> Result<(), ExitError> {
     check_out(args).map_err(bad_input)?;
+    // A training checkpoint holds its adapters in adapter/.
+    let inner = args.adapter.join("adapter");
+    let adapter = if inner.join(model::checkpoint::ADAPTER_CONFIG).is_file() {
+        inner
+    } else {
+        args.adapter.clone()
+    };
     let model = model::checkpoint::load_with_adapter(
         args.base.as_deref(),
-        &args.adapter,
+        &adapter,
         DType::F32,
         &Device::Cpu,
     )

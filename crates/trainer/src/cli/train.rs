@@ -229,6 +229,26 @@ pub fn check(args: &CheckArgs) -> Result<(), ExitError> {
         cfg.coba.tau,
         cfg.coba.update_interval
     );
+    if cfg.lora.enabled {
+        // validate() accepted the settings: they expand without error.
+        if let Ok(l) = cfg.lora.settings() {
+            let _ = writeln!(
+                text,
+                "  lora: r {}, alpha {} (scale {}), {}",
+                l.r,
+                l.alpha,
+                l.scale(),
+                l.target_modules.join(", ")
+            );
+        }
+    }
+    if cfg.train.early_stopping_patience > 0 && cfg.train.eval_interval == 0 {
+        warnings.push(
+            "train.early_stopping_patience > 0 with eval_interval = 0: the only evaluation is \
+             at the end, so early stopping never stops a run"
+                .into(),
+        );
+    }
     for w in &warnings {
         let _ = writeln!(text, "  warning: {w}");
     }
