@@ -25,6 +25,9 @@ pub struct TokenBatch {
     pub segment_ids: Vec<u32>,
     /// Task id of every position; empty means task 0 everywhere.
     pub task_ids: Vec<u32>,
+    /// Per row, the key of its LoRA dropout masks (a pure function of seed, step and the
+    /// row's place in the global batch, set by the trainer); empty means no dropout.
+    pub dropout_keys: Vec<u64>,
 }
 
 impl TokenBatch {
@@ -52,6 +55,7 @@ impl TokenBatch {
             position_ids: Vec::new(),
             segment_ids: Vec::new(),
             task_ids: vec![task; n],
+            dropout_keys: Vec::new(),
         }
     }
 
@@ -127,6 +131,7 @@ impl From<&data::batch::Batch> for TokenBatch {
             position_ids: b.position_ids.clone(),
             segment_ids: b.segment_ids.clone(),
             task_ids: b.task_ids.clone(),
+            dropout_keys: Vec::new(),
         }
     }
 }

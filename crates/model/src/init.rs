@@ -1,5 +1,13 @@
 //! Deterministic parameter initialisation (independent of candle's unseeded RNG).
 
+/// SplitMix64's output function: a bijective 64-bit mix, used as a counter-based hash
+/// (`mix64(key + counter)`), e.g. for dropout masks that are pure functions of their key.
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// SplitMix64 (Steele et al. 2014): a tiny seeded generator, enough for weight init.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);
@@ -13,10 +21,7 @@ impl SplitMix64 {
     /// Next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        mix64(self.0)
     }
 
     /// Uniform in `(0, 1]`.

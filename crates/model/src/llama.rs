@@ -295,6 +295,7 @@ impl Llama {
         wv: &Var,
         bv: Option<&Var>,
         track: bool,
+        dropout_keys: &[u64],
     ) -> candle_core::Result<Tensor> {
         let adapter = self
             .lora
@@ -311,7 +312,8 @@ impl Llama {
             }
             Some((lora, ad)) => {
                 let b = bv.map(|b| b.as_tensor().clone());
-                lora.forward(ad, x, wv.as_tensor(), b.as_ref(), track)
+                let at = (layer, module);
+                lora.forward(ad, at, x, wv.as_tensor(), b.as_ref(), track, dropout_keys)
             }
         }
     }
@@ -350,8 +352,9 @@ impl Llama {
             self.dtype,
             &self.device,
         )?;
+        let keys = &batch.dropout_keys;
         let x = run_blocks(x, &self.layers, batch, cache, |x, l, attend| {
-            self.block(x, l, &tables, attend, track)
+            self.block(x, l, &tables, attend, track, keys)
         })?;
         let tb = self.track_base(track);
         Ok(rms_norm(&x, &w(&self.norm, tb), self.cfg.rms_norm_eps)?)
@@ -364,6 +367,7 @@ impl Llama {
         tables: &RopeTables,
         attend: Attend<'_>,
         track: bool,
+        dropout_keys: &[u64],
     ) -> candle_core::Result<Tensor> {
         let (nh, nkv, hd) = (
             self.cfg.num_attention_heads,
@@ -374,7 +378,7 @@ impl Llama {
         let i = l.index;
         let tb = self.track_base(track);
         let p = |m: &str, x: &Tensor, wv: &Var, bv: &Option<Var>| {
-            self.proj(i, m, x, wv, bv.as_ref(), track)
+            self.proj(i, m, x, wv, bv.as_ref(), track, dropout_keys)
         };
         let h = rms_norm(x, &w(&l.in_norm, tb), eps)?;
         let q = p("q_proj", &h, &l.q, &l.q_b)?;

@@ -10,7 +10,7 @@
 //! `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`.
 
 use crate::error::ModelError;
-use crate::init::SplitMix64;
+use crate::init::{mix64, SplitMix64};
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -232,19 +232,24 @@ impl Lora {
         &self.params
     }
 
-    /// The adapted projection `x W^T (+ b) + s (x A^T) B^T` for input `x (.., in)` and the
-    /// frozen base `w (out, in)` (one fused node on the CPU, see
+    /// The adapted projection `x W^T (+ b) + s ((x ⊙ M) A^T) B^T` for input `x (rows, seq, in)`
+    /// and the frozen base `w (out, in)` (one fused node on the CPU, see
     /// [`crate::fused::lora_linear`]); differentiable in A and B when `track`, and in `x`.
+    /// `M` is the dropout mask of [`dropout_mask`] when training (`track`) with dropout > 0
+    /// and `dropout_keys` (one per row) are given; none otherwise (PEFT's eval mode).
     ///
     /// # Errors
     /// A shape mismatch or tensor failure.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         ad: &Adapter,
+        (layer, module): (usize, &str),
         x: &Tensor,
         w: &Tensor,
         b: Option<&Tensor>,
         track: bool,
+        dropout_keys: &[u64],
     ) -> candle_core::Result<Tensor> {
         let v = |v: &Var| {
             if track {
@@ -253,6 +258,49 @@ impl Lora {
                 v.as_tensor().detach()
             }
         };
-        crate::fused::lora_linear(x, w, b, &v(&ad.a), &v(&ad.b), self.settings.scale())
+        let p = self.settings.dropout;
+        let mask = if track && p > 0.0 && !dropout_keys.is_empty() {
+            let (rows, seq, in_f) = x.dims3()?;
+            let m = dropout_mask(dropout_keys, (rows, seq, in_f), layer, module, p);
+            Some(Tensor::from_vec(m, (rows, seq, in_f), x.device())?)
+        } else {
+            None
+        };
+        let (a, bm) = (v(&ad.a), v(&ad.b));
+        crate::fused::lora_linear(x, w, b, &a, &bm, self.settings.scale(), mask.as_ref())
     }
+}
+
+/// The inverted-dropout mask of projection `module` in layer `layer` for inputs of shape
+/// `(rows, seq, in)`: each element is kept with probability `1 - p` and then `1/(1-p)`, else
+/// 0. Element `(i, t, j)` is decided by `mix64` of row `i`'s key, the layer, the projection and
+/// `(t, j)`: a pure function of them, so a row's masks do not depend on which rank or
+/// micro-batch holds it, and a resumed step draws the same masks.
+///
+/// # Panics
+/// Never; `keys` shorter than `rows` leaves the missing rows' masks at 1 (no dropout).
+pub fn dropout_mask(
+    keys: &[u64],
+    (rows, seq, in_f): (usize, usize, usize),
+    layer: usize,
+    module: &str,
+    p: f64,
+) -> Vec<f32> {
+    let module_id = LLAMA_PROJECTIONS
+        .iter()
+        .position(|m| *m == module)
+        .unwrap_or(LLAMA_PROJECTIONS.len()) as u64;
+    let keep = (1.0 / (1.0 - p)) as f32;
+    // Drop when the 53-bit uniform falls below p.
+    let threshold = (p * (1u64 << 53) as f64) as u64;
+    let mut out = vec![1.0f32; rows * seq * in_f];
+    for (i, row) in out.chunks_mut(seq * in_f).enumerate() {
+        let Some(&key) = keys.get(i) else { continue };
+        let stream = mix64(key ^ mix64(((layer as u64) << 8) | module_id));
+        for (e, m) in row.iter_mut().enumerate() {
+            let u = mix64(stream.wrapping_add(e as u64)) >> 11;
+            *m = if u < threshold { 0.0 } else { keep };
+        }
+    }
+    out
 }

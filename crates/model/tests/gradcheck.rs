@@ -20,6 +20,7 @@ fn batch(vocab: u32) -> TokenBatch {
         position_ids: vec![0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3, 4, 5, 6],
         segment_ids: vec![1, 1, 1, 1, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1],
         task_ids: vec![0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+        dropout_keys: Vec::new(),
     }
 }
 

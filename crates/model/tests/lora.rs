@@ -365,7 +365,7 @@ fn fused_lora_linear_equals_the_composed_form_in_value_and_gradient() {
                 .unwrap()
         })
     };
-    let fused = model::fused::lora_linear(&x, &w, Some(&bias), &a, &bm, s).unwrap();
+    let fused = model::fused::lora_linear(&x, &w, Some(&bias), &a, &bm, s, None).unwrap();
     // Composed from plain candle ops: x W^T + b + s (x A^T) B^T.
     let x2 = x.reshape((rows, inf)).unwrap();
     let composed = (x2
@@ -394,4 +394,145 @@ fn fused_lora_linear_equals_the_composed_form_in_value_and_gradient() {
             assert!((f - c).abs() < 1e-12, "{f} vs {c}");
         }
     }
+}
+
+#[test]
+fn fused_lora_linear_with_a_dropout_mask_equals_the_composed_form() {
+    use candle_core::Var;
+    let dev = Device::Cpu;
+    let rnd = |shape: &[usize], seed: u64| {
+        let mut rng = model::init::SplitMix64::new(seed);
+        let n: usize = shape.iter().product();
+        Tensor::from_vec(rng.normal_vec(n, 0.5), shape, &dev).unwrap()
+    };
+    let (inf, outf, r, s) = (5, 7, 3, 1.7);
+    let x = Var::from_tensor(&rnd(&[2, 3, inf], 1)).unwrap();
+    let w = rnd(&[outf, inf], 2);
+    let a = Var::from_tensor(&rnd(&[r, inf], 4)).unwrap();
+    let bm = Var::from_tensor(&rnd(&[outf, r], 5)).unwrap();
+    let mask = model::lora::dropout_mask(&[11, 12], (2, 3, inf), 0, "q_proj", 0.4);
+    let mask = Tensor::from_vec(mask, (2, 3, inf), &dev)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let probe = rnd(&[2, 3, outf], 6);
+    let grads = |y: &Tensor| {
+        let store = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        [x.as_tensor(), a.as_tensor(), bm.as_tensor()].map(|t| {
+            store
+                .get(t)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+        })
+    };
+    let fused = model::fused::lora_linear(&x, &w, None, &a, &bm, s, Some(&mask)).unwrap();
+    let xm = (x.as_tensor() * &mask).unwrap().reshape((6, inf)).unwrap();
+    let x2 = x.reshape((6, inf)).unwrap();
+    let composed = (x2.matmul(&w.t().unwrap()).unwrap()
+        + xm.matmul(&a.t().unwrap())
+            .unwrap()
+            .affine(s, 0.0)
+            .unwrap()
+            .matmul(&bm.t().unwrap())
+            .unwrap())
+    .unwrap()
+    .reshape((2, 3, outf))
+    .unwrap();
+    assert!(max_abs_diff(&fused, &composed) < 1e-12);
+    for (gf, gc) in grads(&fused).iter().zip(grads(&composed).iter()) {
+        for (f, c) in gf.iter().zip(gc) {
+            assert!((f - c).abs() < 1e-12, "{f} vs {c}");
+        }
+    }
+}
+
+#[test]
+fn dropout_masks_drop_at_rate_p_scale_the_kept_and_depend_only_on_their_key() {
+    let p = 0.25;
+    let m = model::lora::dropout_mask(&[7, 8, 9, 10], (4, 50, 500), 3, "up_proj", p);
+    let dropped = m.iter().filter(|v| **v == 0.0).count() as f64 / m.len() as f64;
+    // 100000 Bernoulli(0.25) draws: standard deviation 0.0014.
+    assert!((dropped - p).abs() < 0.01, "dropped {dropped}");
+    assert!(m
+        .iter()
+        .all(|v| *v == 0.0 || *v == (1.0 / (1.0 - p)) as f32));
+    // A row's mask is a function of its key only (not of its place in the micro-batch).
+    let alone = model::lora::dropout_mask(&[9], (1, 50, 500), 3, "up_proj", p);
+    assert_eq!(alone[..], m[2 * 25_000..3 * 25_000]);
+    // Other layers, projections and keys draw other masks.
+    let other_layer = model::lora::dropout_mask(&[9], (1, 50, 500), 4, "up_proj", p);
+    let other_module = model::lora::dropout_mask(&[9], (1, 50, 500), 3, "down_proj", p);
+    assert_ne!(alone, other_layer);
+    assert_ne!(alone, other_module);
+    assert_ne!(m[..25_000], m[25_000..50_000]);
+}
+
+#[test]
+fn gradients_with_dropout_match_finite_differences_and_eval_has_none() {
+    let mut m = base(DType::F64);
+    let s = LoraSettings {
+        dropout: 0.3,
+        ..settings(2, &["q_proj", "up_proj"])
+    };
+    m.attach_lora(s, 3, None).unwrap();
+    perturb_b(&m, 0.1);
+    let mut b = batch();
+    b.dropout_keys = vec![42];
+    let scale = [0.6, 1.4];
+    let opts = LossOptions {
+        chunk_elems: 3 * 50,
+    };
+    let out = m.forward_backward(&b, &scale, opts).unwrap();
+    // The training objective (with the masks) by finite differences.
+    let objective = |m: &Model| {
+        m.forward_backward(&b, &scale, opts)
+            .unwrap()
+            .report
+            .objective
+    };
+    for (name, var) in m.params().clone() {
+        let g = out.grads[&name]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let orig = var.as_tensor().copy().unwrap();
+        for i in [0, g.len() - 1] {
+            let h = 1e-5;
+            let mut v = orig.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            v[i] += h;
+            var.set(&Tensor::from_vec(v.clone(), orig.dims(), &Device::Cpu).unwrap())
+                .unwrap();
+            let up = objective(&m);
+            v[i] -= 2.0 * h;
+            var.set(&Tensor::from_vec(v, orig.dims(), &Device::Cpu).unwrap())
+                .unwrap();
+            let down = objective(&m);
+            var.set(&orig).unwrap();
+            let fd = (up - down) / (2.0 * h);
+            let err = (fd - g[i]).abs() / fd.abs().max(1e-6);
+            assert!(err < 1e-5, "{name}[{i}]: analytic {} vs fd {fd}", g[i]);
+        }
+    }
+    // Dropout changes the training forward; evaluation (no graph) has none.
+    let mut no_keys = b.clone();
+    no_keys.dropout_keys.clear();
+    let plain = m
+        .forward_backward(&no_keys, &scale, opts)
+        .unwrap()
+        .report
+        .objective;
+    assert!((plain - out.report.objective).abs() > 1e-6);
+    let eval: f64 = m
+        .evaluate(&b, opts)
+        .unwrap()
+        .per_task
+        .iter()
+        .enumerate()
+        .map(|(k, t)| scale[k] * t.nll_sum)
+        .sum();
+    assert!((eval - plain).abs() < 1e-10, "{eval} vs {plain}");
 }

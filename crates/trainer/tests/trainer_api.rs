@@ -90,6 +90,13 @@ fn lora(job: &Job) -> Vec<String> {
     ]
 }
 
+/// LoRA as [`lora`] with dropout 0.2 on the adapters' input.
+fn lora_dropout(job: &Job) -> Vec<String> {
+    let mut s = lora(job);
+    s.push("lora.dropout=0.2".into());
+    s
+}
+
 fn resume_equals_uninterrupted(sets: fn(&Job) -> Vec<String>) {
     let comm = collectives::Local::new();
     let job = Job::new("");
@@ -129,6 +136,35 @@ fn resume_from_the_checkpointer_equals_an_uninterrupted_run() {
 #[test]
 fn lora_resume_from_the_checkpointer_equals_an_uninterrupted_run() {
     resume_equals_uninterrupted(lora);
+}
+
+#[test]
+fn lora_dropout_resume_from_the_checkpointer_equals_an_uninterrupted_run() {
+    resume_equals_uninterrupted(lora_dropout);
+}
+
+#[test]
+fn lora_dropout_two_ranks_equal_one_rank_through_the_trainer_api() {
+    two_ranks_equal_one_rank(
+        "lora_dropout_two_ranks_equal_one_rank_through_the_trainer_api",
+        lora_dropout,
+    );
+}
+
+#[test]
+fn lora_dropout_changes_the_training_steps() {
+    // Against the same run without dropout: other training losses from step 1 on (step 0's
+    // forward has B = 0, so the masked adapter adds nothing yet).
+    let comm = collectives::Local::new();
+    let (with, without) = (Job::new(""), Job::new(""));
+    let l1 = with_trainer(&load(&with, &lora_dropout(&with)), &comm, None, |t, _| {
+        drive(t, 3)
+    });
+    let l0 = with_trainer(&load(&without, &lora(&without)), &comm, None, |t, _| {
+        drive(t, 3)
+    });
+    assert_eq!(l1[0], l0[0]);
+    assert_ne!(l1[2], l0[2]);
 }
 
 #[test]

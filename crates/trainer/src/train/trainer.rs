@@ -34,6 +34,17 @@ pub struct StepSettings {
     pub faults: Faults,
 }
 
+/// The LoRA dropout keys of `rows` rows starting at global row `first` of step `step`: a
+/// pure function of (seed, step, global row), so a row draws the same masks on any rank, in
+/// any micro-batch, and again after a resume.
+pub fn row_dropout_keys(seed: u64, step: u64, first: usize, rows: usize) -> Vec<u64> {
+    use model::init::mix64;
+    let per_step = mix64(mix64(seed ^ 0x4C6F_5241_4472_6F70) ^ step);
+    (first..first + rows)
+        .map(|r| mix64(per_step ^ r as u64))
+        .collect()
+}
+
 /// Step `c`'s weights as received, rank 0's CoBa intermediates, seconds computing them and
 /// seconds in the broadcast.
 type WeightsReceived = (coba::WeightMessage, Option<coba::CobaExplain>, f64, f64);
@@ -120,10 +131,17 @@ impl<'a> Trainer<'a> {
         // 3. Forward + backward over the micro-batches.
         let mut grads = Gradients::new();
         let mut local = vec![TaskLoss::default(); k];
-        for b in &batches {
-            let out =
-                self.model
-                    .forward_backward(&TokenBatch::from(b), &scale, self.settings.loss)?;
+        let dropout = self.model.lora().is_some_and(|l| l.settings.dropout > 0.0);
+        let first_row = self.shard.rank * self.shard.micro_batch * self.shard.grad_accum;
+        for (m, b) in batches.iter().enumerate() {
+            let mut tb = TokenBatch::from(b);
+            if dropout {
+                let row0 = first_row + m * self.shard.micro_batch;
+                tb.dropout_keys = row_dropout_keys(self.state.seed, c, row0, b.rows);
+            }
+            let out = self
+                .model
+                .forward_backward(&tb, &scale, self.settings.loss)?;
             accumulate(&mut grads, out.grads)?;
             for (l, r) in local.iter_mut().zip(&out.report.per_task) {
                 l.add(r);
@@ -302,5 +320,29 @@ impl<'a> Trainer<'a> {
             ratio_mean,
             time_s: te.elapsed().as_secs_f64(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_keys_belong_to_global_rows() {
+        // 2 ranks x micro-batch 2 cut the same global rows as 1 rank x micro-batch 4.
+        let one = row_dropout_keys(7, 3, 0, 4);
+        let mut two = row_dropout_keys(7, 3, 0, 2);
+        two.extend(row_dropout_keys(7, 3, 2, 2));
+        assert_eq!(one, two);
+        assert_ne!(
+            one,
+            row_dropout_keys(7, 4, 0, 4),
+            "another step, other masks"
+        );
+        assert_ne!(
+            one,
+            row_dropout_keys(8, 3, 0, 4),
+            "another seed, other masks"
+        );
     }
 }
