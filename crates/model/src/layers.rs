@@ -4,7 +4,17 @@
 //! have no backward; everything here is written with basic ops instead and is checked against
 //! finite differences in `crates/model/tests/gradcheck.rs`.
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, Var, D};
+
+/// A parameter as a graph leaf (`track`: its gradient is wanted) or a detached view sharing
+/// its storage (evaluation, frozen weights).
+pub fn param(v: &Var, track: bool) -> Tensor {
+    if track {
+        v.as_tensor().clone()
+    } else {
+        v.as_tensor().detach()
+    }
+}
 
 /// `x @ w^T (+ b)`: `x` is `(.., in)`, `w` is `(out, in)` (HF/PyTorch layout), `b` is `(out)`.
 /// Returns `(.., out)`.

@@ -10,6 +10,7 @@ use super::error::ModelError;
 use super::fused::{frozen_linear, linear, merge_heads, rms_norm, split_heads, swiglu, RopeTables};
 use super::init::SplitMix64;
 use super::kv_cache::{positions, run_blocks, Attend, KvCache};
+use super::layers::param as w;
 use super::lm::CausalLm;
 use super::lora::Lora;
 use candle_core::{DType, Device, Tensor, Var};
@@ -440,14 +441,5 @@ impl CausalLm for Llama {
 
     fn device(&self) -> &Device {
         &self.device
-    }
-}
-
-/// The parameter as a graph leaf (`track`) or a detached view sharing its storage.
-fn w(v: &Var, track: bool) -> Tensor {
-    if track {
-        v.as_tensor().clone()
-    } else {
-        v.as_tensor().detach()
     }
 }

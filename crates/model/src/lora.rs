@@ -251,13 +251,7 @@ impl Lora {
         track: bool,
         dropout_keys: &[u64],
     ) -> candle_core::Result<Tensor> {
-        let v = |v: &Var| {
-            if track {
-                v.as_tensor().clone()
-            } else {
-                v.as_tensor().detach()
-            }
-        };
+        let v = |v: &Var| crate::layers::param(v, track);
         let p = self.settings.dropout;
         let mask = if track && p > 0.0 && !dropout_keys.is_empty() {
             let (rows, seq, in_f) = x.dims3()?;

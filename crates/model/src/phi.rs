@@ -8,6 +8,7 @@ use super::fused::{linear, merge_heads, split_heads, RopeTables};
 use super::init::SplitMix64;
 use super::kv_cache::{positions, run_blocks, Attend, KvCache};
 use super::layers::layer_norm;
+use super::layers::param as w;
 use super::lm::CausalLm;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -472,13 +473,5 @@ impl CausalLm for Phi {
 
     fn device(&self) -> &Device {
         &self.device
-    }
-}
-
-fn w(v: &Var, track: bool) -> Tensor {
-    if track {
-        v.as_tensor().clone()
-    } else {
-        v.as_tensor().detach()
     }
 }

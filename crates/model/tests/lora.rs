@@ -343,67 +343,9 @@ fn lora_settings_errors_name_the_setting() {
         .contains("Llama family"));
 }
 
-#[test]
-fn fused_lora_linear_equals_the_composed_form_in_value_and_gradient() {
-    use candle_core::Var;
-    let dev = Device::Cpu;
-    let rnd = |shape: &[usize], seed: u64| {
-        let mut rng = model::init::SplitMix64::new(seed);
-        let n: usize = shape.iter().product();
-        Tensor::from_vec(rng.normal_vec(n, 0.5), shape, &dev).unwrap()
-    };
-    let (rows, inf, outf, r, s) = (6, 5, 7, 3, 1.7);
-    let x = Var::from_tensor(&rnd(&[2, rows / 2, inf], 1)).unwrap();
-    let w = rnd(&[outf, inf], 2);
-    let bias = rnd(&[outf], 3);
-    let a = Var::from_tensor(&rnd(&[r, inf], 4)).unwrap();
-    let bm = Var::from_tensor(&rnd(&[outf, r], 5)).unwrap();
-    let probe = rnd(&[2, rows / 2, outf], 6);
-    let grads = |y: &Tensor| {
-        let store = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-        [x.as_tensor(), a.as_tensor(), bm.as_tensor()].map(|t| {
-            store
-                .get(t)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap()
-        })
-    };
-    let fused = model::fused::lora_linear(&x, &w, Some(&bias), &a, &bm, s, None).unwrap();
-    // Composed from plain candle ops: x W^T + b + s (x A^T) B^T.
-    let x2 = x.reshape((rows, inf)).unwrap();
-    let composed = (x2
-        .matmul(&w.t().unwrap())
-        .unwrap()
-        .broadcast_add(&bias)
-        .unwrap()
-        + x2.matmul(&a.t().unwrap())
-            .unwrap()
-            .affine(s, 0.0)
-            .unwrap()
-            .matmul(&bm.t().unwrap())
-            .unwrap())
-    .unwrap()
-    .reshape((2, rows / 2, outf))
-    .unwrap();
-    let (fv, cv) = (
-        fused.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
-        composed.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
-    );
-    for (f, c) in fv.iter().zip(&cv) {
-        assert!((f - c).abs() < 1e-12, "{f} vs {c}");
-    }
-    for (gf, gc) in grads(&fused).iter().zip(grads(&composed).iter()) {
-        for (f, c) in gf.iter().zip(gc) {
-            assert!((f - c).abs() < 1e-12, "{f} vs {c}");
-        }
-    }
-}
-
-#[test]
-fn fused_lora_linear_with_a_dropout_mask_equals_the_composed_form() {
+/// The fused node against `x W^T (+ b) + s ((x ⊙ M) A^T) B^T` composed from plain candle ops
+/// (f64): values and the gradients of x, A and B at 1e-12.
+fn check_fused_lora_linear(with_bias: bool, mask: Option<Vec<f32>>) {
     use candle_core::Var;
     let dev = Device::Cpu;
     let rnd = |shape: &[usize], seed: u64| {
@@ -414,13 +356,15 @@ fn fused_lora_linear_with_a_dropout_mask_equals_the_composed_form() {
     let (inf, outf, r, s) = (5, 7, 3, 1.7);
     let x = Var::from_tensor(&rnd(&[2, 3, inf], 1)).unwrap();
     let w = rnd(&[outf, inf], 2);
+    let bias = with_bias.then(|| rnd(&[outf], 3));
     let a = Var::from_tensor(&rnd(&[r, inf], 4)).unwrap();
     let bm = Var::from_tensor(&rnd(&[outf, r], 5)).unwrap();
-    let mask = model::lora::dropout_mask(&[11, 12], (2, 3, inf), 0, "q_proj", 0.4);
-    let mask = Tensor::from_vec(mask, (2, 3, inf), &dev)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
+    let mask = mask.map(|m| {
+        Tensor::from_vec(m, (2, 3, inf), &dev)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+    });
     let probe = rnd(&[2, 3, outf], 6);
     let grads = |y: &Tensor| {
         let store = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
@@ -434,10 +378,19 @@ fn fused_lora_linear_with_a_dropout_mask_equals_the_composed_form() {
                 .unwrap()
         })
     };
-    let fused = model::fused::lora_linear(&x, &w, None, &a, &bm, s, Some(&mask)).unwrap();
-    let xm = (x.as_tensor() * &mask).unwrap().reshape((6, inf)).unwrap();
+    let fused =
+        model::fused::lora_linear(&x, &w, bias.as_ref(), &a, &bm, s, mask.as_ref()).unwrap();
     let x2 = x.reshape((6, inf)).unwrap();
-    let composed = (x2.matmul(&w.t().unwrap()).unwrap()
+    let xm = match &mask {
+        Some(m) => (x.as_tensor() * m).unwrap().reshape((6, inf)).unwrap(),
+        None => x2.clone(),
+    };
+    let base = x2.matmul(&w.t().unwrap()).unwrap();
+    let base = match &bias {
+        Some(b) => base.broadcast_add(b).unwrap(),
+        None => base,
+    };
+    let composed = (base
         + xm.matmul(&a.t().unwrap())
             .unwrap()
             .affine(s, 0.0)
@@ -453,6 +406,17 @@ fn fused_lora_linear_with_a_dropout_mask_equals_the_composed_form() {
             assert!((f - c).abs() < 1e-12, "{f} vs {c}");
         }
     }
+}
+
+#[test]
+fn fused_lora_linear_equals_the_composed_form_in_value_and_gradient() {
+    check_fused_lora_linear(true, None);
+}
+
+#[test]
+fn fused_lora_linear_with_a_dropout_mask_equals_the_composed_form() {
+    let mask = model::lora::dropout_mask(&[11, 12], (2, 3, 5), 0, "q_proj", 0.4);
+    check_fused_lora_linear(false, Some(mask));
 }
 
 #[test]

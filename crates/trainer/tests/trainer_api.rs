@@ -62,8 +62,9 @@ fn with_trainer<R>(
     f: impl FnOnce(&mut Trainer<'_>, &Plan) -> R,
 ) -> R {
     let (enc, ds) = load_data(cfg).unwrap();
-    let plan = Plan::new(cfg, comm, &ds).unwrap();
-    let mut t = setup::start(cfg, comm, &ds, enc.vocab_size(), &plan, ckpt).unwrap();
+    let (plan, sampler) = Plan::new(cfg, comm, &ds).unwrap();
+    let vocab = enc.vocab_size();
+    let mut t = setup::start(cfg, comm, &ds, vocab, &plan, sampler, ckpt).unwrap();
     f(&mut t, &plan)
 }
 
@@ -210,7 +211,7 @@ fn lora_trains_only_the_adapters_and_leaves_the_base_bytes_unchanged() {
         assert!(dir.join("adapter/adapter_config.json").is_file());
         assert!(!dir.join("model").exists());
         assert_eq!(
-            t.opt_state_names(),
+            t.opt.state_names(),
             adapters_after.keys().cloned().collect::<Vec<_>>()
         );
         assert!(state::verify_checkpoint(&dir).is_ok());

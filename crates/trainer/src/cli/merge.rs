@@ -44,12 +44,7 @@ pub struct MergeArgs {
 pub fn run(args: &MergeArgs) -> Result<(), ExitError> {
     check_out(args).map_err(bad_input)?;
     // A training checkpoint holds its adapters in adapter/.
-    let inner = args.adapter.join("adapter");
-    let adapter = if inner.join(model::checkpoint::ADAPTER_CONFIG).is_file() {
-        inner
-    } else {
-        args.adapter.clone()
-    };
+    let adapter = super::model_path::resolve(&args.adapter).map_err(bad_input)?;
     let model = model::checkpoint::load_with_adapter(
         args.base.as_deref(),
         &adapter,

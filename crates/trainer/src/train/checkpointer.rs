@@ -94,6 +94,10 @@ impl Checkpointer {
     ) -> Result<()> {
         let steps_done = trainer.next_step();
         let save = self.due(steps_done, last, stopping);
+        if save {
+            // Every rank knows which checkpoint exists (rank 0 writes it).
+            self.last_saved = Some(steps_done);
+        }
         if !self.writes || !(save || best.is_some()) {
             return Ok(());
         }
@@ -115,7 +119,6 @@ impl Checkpointer {
                 .submit(format!("checkpoint step {steps_done}"), move || {
                     state::write_checkpoint(&out, &snap, keep, crash).map(|_| ())
                 })?;
-            self.last_saved = Some(steps_done);
         }
         Ok(())
     }

@@ -105,9 +105,10 @@ pub fn run(
     if rank0 {
         data_report.log();
     }
-    let plan = plan::Plan::new(cfg, comm, &ds)?;
+    let (plan, sampler) = plan::Plan::new(cfg, comm, &ds)?;
     let ckpt = rank0_decisions::resolve_resume(cfg, comm, resume)?;
-    let mut trainer = setup::start(cfg, comm, &ds, enc.vocab_size(), &plan, ckpt.as_deref())?;
+    let vocab = enc.vocab_size();
+    let mut trainer = setup::start(cfg, comm, &ds, vocab, &plan, sampler, ckpt.as_deref())?;
     let names = trainer.tasks().to_vec();
     let parameters = trainer.model_parameters();
     let mut sinks = match rank0 {

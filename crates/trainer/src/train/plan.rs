@@ -34,11 +34,16 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The plan of `cfg` for this rank.
+    /// The plan of `cfg` for this rank, and the training-data sampler (which counts the
+    /// steps of an `epochs` run; the trainer then draws from it).
     ///
     /// # Errors
     /// Invalid weighting settings or fault-injection keys, or a data error (bad input).
-    pub fn new(cfg: &TrainConfig, comm: &dyn Communicator, ds: &Dataset) -> Result<Self, RunError> {
+    pub fn new<'a>(
+        cfg: &TrainConfig,
+        comm: &dyn Communicator,
+        ds: &'a Dataset,
+    ) -> Result<(Self, TrainSampler<'a>), RunError> {
         let t = &cfg.train;
         let shard = Shard {
             rank: comm.rank(),
@@ -47,12 +52,12 @@ impl Plan {
             grad_accum: t.grad_accum,
         };
         let dc = cfg.data_config();
+        let mut sampler =
+            TrainSampler::new(ds, dc.batch_mode, dc.mixing, dc.seed, shard.global_rows())
+                .bad_input()?;
         let total_steps = if t.max_steps > 0 {
             t.max_steps
         } else {
-            let mut sampler =
-                TrainSampler::new(ds, dc.batch_mode, dc.mixing, dc.seed, shard.global_rows())
-                    .bad_input()?;
             (0..t.epochs).map(|e| sampler.steps_in_epoch(e)).sum()
         };
         let validation_batches = evaluate::validation_batches(ds, shard.global_rows());
@@ -71,7 +76,7 @@ impl Plan {
                 warmup_steps: t.lr_warmup_steps,
             },
         };
-        Ok(Self {
+        let plan = Self {
             shard,
             total_steps,
             eval_interval: t.eval_interval,
@@ -87,7 +92,8 @@ impl Plan {
                 faults: Faults::from_config(cfg).bad_input()?,
             },
             probe_samples_per_task: dc.probe_samples_per_task,
-        })
+        };
+        Ok((plan, sampler))
     }
 
     /// Whether a full validation follows the step that completes `steps_done` steps.

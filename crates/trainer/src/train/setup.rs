@@ -128,20 +128,22 @@ pub fn preflight(cfg: &TrainConfig, resume: Option<&Resume>) -> Result<()> {
 /// # Errors
 /// Bad input (a model that does not fit the tokenizer, a checkpoint of another run) on every
 /// rank; local errors otherwise.
+#[allow(clippy::too_many_arguments)]
 pub fn start<'a>(
     cfg: &TrainConfig,
     comm: &'a dyn Communicator,
     ds: &'a Dataset,
     vocab: usize,
     plan: &Plan,
+    sampler: TrainSampler<'a>,
     ckpt: Option<&Path>,
 ) -> Result<Trainer<'a>, RunError> {
     let mut model = build_model(cfg, vocab).bad_input()?;
     let names: Vec<String> = ds.tasks.iter().map(|t| t.name.clone()).collect();
     let dc = cfg.data_config();
     let global_rows = plan.shard.global_rows();
-    let sampler =
-        TrainSampler::new(ds, dc.batch_mode, dc.mixing, dc.seed, global_rows).bad_input()?;
+    // Absolute, so that eval/generate/merge find the base from any directory.
+    let base_path = cfg.model.path.as_deref().map(absolute);
     let (opt, mut st) = match ckpt {
         Some(dir) => {
             let st = state::read_state(dir).bad_input()?;
@@ -156,7 +158,7 @@ pub fn start<'a>(
             resume_rules::check_schedule(&st, &plan.step.lr_schedule, plan.total_steps, dir)
                 .bad_input()?;
             if cfg.lora.enabled {
-                resume_adapters(cfg, &mut model, dir)?;
+                resume_adapters(cfg, &mut model, dir, base_path.as_deref())?;
             } else {
                 resume_rules::check_not_lora(dir).bad_input()?;
                 let saved = load_model(dir, DType::F32, &Device::Cpu)
@@ -194,13 +196,18 @@ pub fn start<'a>(
         shard: plan.shard,
         settings: plan.step.clone(),
         layout_checked: false,
-        // Absolute, so that eval/generate/merge find the base from any directory.
-        base_model_path: cfg.model.path.as_deref().map(absolute),
+        base_model_path: base_path,
     })
 }
 
-/// Replaces the fresh adapters of `model` by the checkpoint's (same settings required).
-fn resume_adapters(cfg: &TrainConfig, model: &mut Model, dir: &Path) -> Result<(), RunError> {
+/// Replaces the fresh adapters of `model` by the checkpoint's (same settings and base, the
+/// absolute `base`, required).
+fn resume_adapters(
+    cfg: &TrainConfig,
+    model: &mut Model,
+    dir: &Path,
+    base: Option<&str>,
+) -> Result<(), RunError> {
     let adir = dir.join(state::model_dir_name(true));
     if !adir.is_dir() {
         return Err(anyhow::anyhow!(
@@ -219,9 +226,8 @@ fn resume_adapters(cfg: &TrainConfig, model: &mut Model, dir: &Path) -> Result<(
         .map_err(anyhow::Error::msg)
         .bad_input()?;
     resume_rules::check_adapter(&saved.settings(), &settings, &adir).bad_input()?;
-    let base = cfg.model.path.as_deref().map(absolute);
     let saved_base = saved.base_model_name_or_path.as_deref();
-    resume_rules::check_adapter_base(saved_base, base.as_deref(), &adir).bad_input()?;
+    resume_rules::check_adapter_base(saved_base, base, &adir).bad_input()?;
     model
         .attach_lora(settings, cfg.train.seed, Some(tensors))
         .with_context(|| format!("{}", adir.display()))

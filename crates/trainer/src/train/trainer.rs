@@ -80,11 +80,6 @@ impl<'a> Trainer<'a> {
         self.model.base_num_parameters()
     }
 
-    /// The parameter names the optimizer keeps moments for (name-sorted).
-    pub fn opt_state_names(&self) -> Vec<String> {
-        self.opt.state_names()
-    }
-
     /// Task names in config order.
     pub fn tasks(&self) -> &[String] {
         &self.state.tasks
