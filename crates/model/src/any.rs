@@ -95,7 +95,7 @@ impl Model {
     /// for (`6 × parameters × tokens`).
     pub fn base_num_parameters(&self) -> usize {
         match self {
-            Model::Llama(m) => m.base_params().values().map(|v| v.elem_count()).sum(),
+            Model::Llama(m) => m.base_num_parameters(),
             Model::Phi(m) => m.num_parameters(),
         }
     }

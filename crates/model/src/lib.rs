@@ -27,6 +27,7 @@ pub mod lora;
 mod loss;
 pub mod optim;
 mod phi;
+pub mod quantized;
 
 pub use any::Model;
 pub use batch::TokenBatch;

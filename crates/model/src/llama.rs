@@ -7,14 +7,17 @@
 use super::batch::TokenBatch;
 use super::config::LlamaConfig;
 use super::error::ModelError;
-use super::fused::{frozen_linear, linear, merge_heads, rms_norm, split_heads, swiglu, RopeTables};
+use super::fused::{frozen, linear, merge_heads, rms_norm, split_heads, swiglu, RopeTables};
 use super::init::SplitMix64;
 use super::kv_cache::{positions, run_blocks, Attend, KvCache};
 use super::layers::param as w;
 use super::lm::CausalLm;
 use super::lora::Lora;
+use super::quantized::{BaseWeight, Frozen, QuantizedWeight};
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// HF name of the token embedding.
 pub const EMBED: &str = "model.embed_tokens.weight";
@@ -67,17 +70,52 @@ struct Layer {
     index: usize,
     in_norm: Var,
     post_norm: Var,
-    q: Var,
-    k: Var,
-    v: Var,
-    o: Var,
+    q: BaseWeight,
+    k: BaseWeight,
+    v: BaseWeight,
+    o: BaseWeight,
     q_b: Option<Var>,
     k_b: Option<Var>,
     v_b: Option<Var>,
     o_b: Option<Var>,
-    gate: Var,
-    up: Var,
-    down: Var,
+    gate: BaseWeight,
+    up: BaseWeight,
+    down: BaseWeight,
+}
+
+impl Layer {
+    /// The projections by PEFT module name.
+    fn projections(&self) -> [(&'static str, &BaseWeight); 7] {
+        [
+            ("q_proj", &self.q),
+            ("k_proj", &self.k),
+            ("v_proj", &self.v),
+            ("o_proj", &self.o),
+            ("gate_proj", &self.gate),
+            ("up_proj", &self.up),
+            ("down_proj", &self.down),
+        ]
+    }
+
+    fn projections_mut(&mut self) -> [(&'static str, &mut BaseWeight); 7] {
+        [
+            ("q_proj", &mut self.q),
+            ("k_proj", &mut self.k),
+            ("v_proj", &mut self.v),
+            ("o_proj", &mut self.o),
+            ("gate_proj", &mut self.gate),
+            ("up_proj", &mut self.up),
+            ("down_proj", &mut self.down),
+        ]
+    }
+}
+
+/// HF name of projection `module`'s weight in layer `layer`.
+fn projection_name(layer: usize, module: &str) -> String {
+    format!(
+        "model.layers.{layer}.{}.{module}.weight",
+        crate::lora::projection_parent(module)
+    )
 }
 
 /// A Llama-family causal LM whose parameters are trainable candle [`Var`]s.
@@ -85,7 +123,10 @@ pub struct Llama {
     cfg: LlamaConfig,
     dtype: DType,
     device: Device,
+    /// The dense parameters (all of them unless the base is quantized).
     params: BTreeMap<String, Var>,
+    /// Quantized projection weights by HF name (QLoRA's frozen base).
+    quantized: BTreeMap<String, Arc<QuantizedWeight>>,
     embed: Var,
     norm: Var,
     lm_head: Var,
@@ -145,6 +186,21 @@ impl Llama {
         dtype: DType,
         device: &Device,
     ) -> Result<Self, ModelError> {
+        Self::from_parts(cfg, tensors, BTreeMap::new(), dtype, device)
+    }
+
+    /// [`Llama::from_tensors`] with some projection weights (`*_proj.weight`) quantized
+    /// instead of dense: they are frozen, so the model can only train LoRA adapters (QLoRA).
+    ///
+    /// # Errors
+    /// As [`Llama::from_tensors`]; a quantized tensor that is not a projection weight.
+    pub fn from_parts(
+        cfg: LlamaConfig,
+        tensors: impl IntoIterator<Item = (String, Tensor)>,
+        quantized: BTreeMap<String, Arc<QuantizedWeight>>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
         cfg.validate()?;
         let shapes = parameter_shapes(&cfg);
         let mut params = BTreeMap::new();
@@ -167,10 +223,28 @@ impl Llama {
             let t = t.to_device(device)?.to_dtype(dtype)?;
             params.insert(name, Var::from_tensor(&t)?);
         }
-        if let Some(missing) = shapes.keys().find(|n| !params.contains_key(*n)) {
+        for (name, q) in &quantized {
+            let Some(expected) = shapes.get(name).filter(|_| name.ends_with("_proj.weight")) else {
+                return Err(ModelError::UnexpectedParameter(name.clone()));
+            };
+            let (o, i) = q.dims();
+            if expected.as_slice() != [o, i] || params.contains_key(name) {
+                return Err(ModelError::Shape {
+                    name: name.clone(),
+                    expected: expected.clone(),
+                    got: vec![o, i],
+                });
+            }
+        }
+        let have = |n: &String| params.contains_key(n) || quantized.contains_key(n);
+        if let Some(missing) = shapes.keys().find(|n| !have(n)) {
             return Err(ModelError::MissingParameter(missing.clone()));
         }
         let get = |n: &str| params[n].clone();
+        let base = |n: &str| match quantized.get(n) {
+            Some(q) => BaseWeight::Quantized(q.clone()),
+            None => BaseWeight::Dense(params[n].clone()),
+        };
         let opt = |n: String| params.get(&n).cloned();
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
@@ -179,17 +253,17 @@ impl Llama {
                     index: i,
                     in_norm: get(&format!("{p}.input_layernorm.weight")),
                     post_norm: get(&format!("{p}.post_attention_layernorm.weight")),
-                    q: get(&format!("{p}.self_attn.q_proj.weight")),
-                    k: get(&format!("{p}.self_attn.k_proj.weight")),
-                    v: get(&format!("{p}.self_attn.v_proj.weight")),
-                    o: get(&format!("{p}.self_attn.o_proj.weight")),
+                    q: base(&format!("{p}.self_attn.q_proj.weight")),
+                    k: base(&format!("{p}.self_attn.k_proj.weight")),
+                    v: base(&format!("{p}.self_attn.v_proj.weight")),
+                    o: base(&format!("{p}.self_attn.o_proj.weight")),
                     q_b: opt(format!("{p}.self_attn.q_proj.bias")),
                     k_b: opt(format!("{p}.self_attn.k_proj.bias")),
                     v_b: opt(format!("{p}.self_attn.v_proj.bias")),
                     o_b: opt(format!("{p}.self_attn.o_proj.bias")),
-                    gate: get(&format!("{p}.mlp.gate_proj.weight")),
-                    up: get(&format!("{p}.mlp.up_proj.weight")),
-                    down: get(&format!("{p}.mlp.down_proj.weight")),
+                    gate: base(&format!("{p}.mlp.gate_proj.weight")),
+                    up: base(&format!("{p}.mlp.up_proj.weight")),
+                    down: base(&format!("{p}.mlp.down_proj.weight")),
                 }
             })
             .collect();
@@ -205,6 +279,7 @@ impl Llama {
             dtype,
             device: device.clone(),
             params,
+            quantized,
             embed,
             lm_head,
             layers,
@@ -217,23 +292,52 @@ impl Llama {
         self.layers
             .iter()
             .map(|l| {
-                [
-                    ("q_proj", &l.q),
-                    ("k_proj", &l.k),
-                    ("v_proj", &l.v),
-                    ("o_proj", &l.o),
-                    ("gate_proj", &l.gate),
-                    ("up_proj", &l.up),
-                    ("down_proj", &l.down),
-                ]
-                .into_iter()
-                .map(|(n, v)| {
-                    let d = v.dims();
-                    (n.to_string(), (d[0], d[1]))
-                })
-                .collect()
+                l.projections()
+                    .into_iter()
+                    .filter_map(|(n, w)| Some((n.to_string(), w.dims().ok()?)))
+                    .collect()
             })
             .collect()
+    }
+
+    /// Replaces every dense projection weight (`q_proj` .. `down_proj`) by its quantization to
+    /// `format` (QLoRA's frozen base): from now on they are not parameters. Call before
+    /// attaching adapters; projections already quantized are kept.
+    ///
+    /// # Errors
+    /// [`ModelError::Config`] naming the weight when its input size is not a multiple of the
+    /// format's block.
+    pub fn quantize_base(&mut self, format: GgmlDType) -> Result<(), ModelError> {
+        for l in &mut self.layers {
+            let index = l.index;
+            for (m, w) in l.projections_mut() {
+                let BaseWeight::Dense(v) = w else { continue };
+                let name = projection_name(index, m);
+                let q = QuantizedWeight::quantize(v.as_tensor(), format)
+                    .map_err(|e| ModelError::Config(format!("{name}: {e}")))?;
+                let q = Arc::new(q);
+                self.params.remove(&name);
+                self.quantized.insert(name, q.clone());
+                *w = BaseWeight::Quantized(q);
+            }
+        }
+        Ok(())
+    }
+
+    /// The quantized projection weights by HF name (empty unless the base is quantized).
+    pub fn quantized(&self) -> &BTreeMap<String, Arc<QuantizedWeight>> {
+        &self.quantized
+    }
+
+    /// Elements of the base model, quantized weights included.
+    pub fn base_num_parameters(&self) -> usize {
+        let dense: usize = self.params.values().map(|v| v.elem_count()).sum();
+        let q: usize = self
+            .quantized
+            .values()
+            .map(|q| q.dims().0 * q.dims().1)
+            .sum();
+        dense + q
     }
 
     /// Attaches LoRA adapters: from now on they are [`CausalLm::params`] (the trainable
@@ -247,14 +351,15 @@ impl Llama {
         self.lora.as_ref()
     }
 
-    /// The base model's parameters by HF name (also with adapters attached).
+    /// The base model's dense parameters by HF name (also with adapters attached; without
+    /// the quantized projections, see [`Llama::quantized`]).
     pub fn base_params(&self) -> &BTreeMap<String, Var> {
         &self.params
     }
 
     /// The base weights with the adapters merged in, by HF name: `W + s B A` computed in f32
-    /// and cast to the model dtype (what PEFT's `merge_and_unload` gives). Without adapters,
-    /// the base weights.
+    /// and cast to the model dtype (what PEFT's `merge_and_unload` gives; a quantized weight
+    /// is dequantized first). Without adapters, the base weights.
     ///
     /// # Errors
     /// A tensor failure.
@@ -264,6 +369,9 @@ impl Llama {
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
             .collect();
+        for (n, q) in &self.quantized {
+            out.insert(n.clone(), q.dequantize(self.dtype, &self.device)?);
+        }
         let Some(lora) = &self.lora else {
             return Ok(out);
         };
@@ -271,10 +379,7 @@ impl Llama {
         for i in 0..self.layers.len() {
             for m in &lora.settings.target_modules {
                 let Some(ad) = lora.get(i, m) else { continue };
-                let name = format!(
-                    "model.layers.{i}.{}.{m}.weight",
-                    crate::lora::projection_parent(m)
-                );
+                let name = projection_name(i, m);
                 // In the adapters' dtype: f32 (f64 over an f64 base).
                 let w = out[&name].to_dtype(ad.a.dtype())?;
                 let ba = ad.b.as_tensor().matmul(ad.a.as_tensor())?;
@@ -293,7 +398,7 @@ impl Llama {
         layer: usize,
         module: &str,
         x: &Tensor,
-        wv: &Var,
+        wv: &BaseWeight,
         bv: Option<&Var>,
         track: bool,
         dropout_keys: &[u64],
@@ -302,19 +407,20 @@ impl Llama {
             .lora
             .as_ref()
             .and_then(|l| Some((l, l.get(layer, module)?)));
-        match adapter {
-            None if self.lora.is_some() => {
-                let b = bv.map(|b| b.as_tensor().clone());
-                frozen_linear(x, wv.as_tensor(), b.as_ref())
-            }
-            None => {
+        match (adapter, wv) {
+            (None, BaseWeight::Dense(v)) if self.lora.is_none() => {
                 let b = bv.map(|b| w(b, track));
-                linear(x, &w(wv, track), b.as_ref())
+                linear(x, &w(v, track), b.as_ref())
             }
-            Some((lora, ad)) => {
+            (None, _) => {
+                let b = bv.map(|b| b.as_tensor().clone());
+                frozen(x, &wv.frozen(), b.as_ref())
+            }
+            (Some((lora, ad)), _) => {
                 let b = bv.map(|b| b.as_tensor().clone());
                 let at = (layer, module);
-                lora.forward(ad, at, x, wv.as_tensor(), b.as_ref(), track, dropout_keys)
+                let base: Frozen = wv.frozen();
+                lora.forward(ad, at, x, &base, b.as_ref(), track, dropout_keys)
             }
         }
     }
@@ -378,7 +484,7 @@ impl Llama {
         let eps = self.cfg.rms_norm_eps;
         let i = l.index;
         let tb = self.track_base(track);
-        let p = |m: &str, x: &Tensor, wv: &Var, bv: &Option<Var>| {
+        let p = |m: &str, x: &Tensor, wv: &BaseWeight, bv: &Option<Var>| {
             self.proj(i, m, x, wv, bv.as_ref(), track, dropout_keys)
         };
         let h = rms_norm(x, &w(&l.in_norm, tb), eps)?;

@@ -233,7 +233,7 @@ impl Lora {
     }
 
     /// The adapted projection `x W^T (+ b) + s ((x ⊙ M) A^T) B^T` for input `x (rows, seq, in)`
-    /// and the frozen base `w (out, in)` (one fused node on the CPU, see
+    /// and the frozen base `w (out, in)`, dense or quantized (one fused node on the CPU, see
     /// [`crate::fused::lora_linear`]); differentiable in A and B when `track`, and in `x`.
     /// `M` is the dropout mask of [`dropout_mask`] when training (`track`) with dropout > 0
     /// and `dropout_keys` (one per row) are given; none otherwise (PEFT's eval mode).
@@ -246,7 +246,7 @@ impl Lora {
         ad: &Adapter,
         (layer, module): (usize, &str),
         x: &Tensor,
-        w: &Tensor,
+        w: &crate::quantized::Frozen,
         b: Option<&Tensor>,
         track: bool,
         dropout_keys: &[u64],

@@ -378,8 +378,10 @@ fn check_fused_lora_linear(with_bias: bool, mask: Option<Vec<f32>>) {
                 .unwrap()
         })
     };
-    let fused =
-        model::fused::lora_linear(&x, &w, bias.as_ref(), &a, &bm, s, mask.as_ref()).unwrap();
+    let fused = {
+        let w = model::quantized::Frozen::Dense(w.clone());
+        model::fused::lora_linear(&x, &w, bias.as_ref(), &a, &bm, s, mask.as_ref()).unwrap()
+    };
     let x2 = x.reshape((6, inf)).unwrap();
     let xm = match &mask {
         Some(m) => (x.as_tensor() * m).unwrap().reshape((6, inf)).unwrap(),

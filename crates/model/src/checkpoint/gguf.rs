@@ -1,16 +1,19 @@
 //! GGUF files (llama.cpp): metadata to [`LlamaConfig`], tensors dequantized (any type candle
-//! reads: F32, F16, BF16, Q8_0, Q4_0, Q4_1, K-quants) and renamed to HF names.
+//! reads: F32, F16, BF16, Q8_0, Q4_0, Q4_1, K-quants) and renamed to HF names, or with the
+//! projection weights kept quantized for QLoRA ([`load_gguf_quantized`]).
 //!
 //! llama.cpp's converter stores Llama's Q and K projection rows in an interleaved-pair RoPE
 //! layout (`permute` in `convert_hf_to_gguf.py`); they are permuted back to HF's half-split
 //! layout here. Qwen2 GGUFs use the half-split (NeoX) layout already and are not permuted.
 
 use super::error::CheckpointError;
+use crate::quantized::QuantizedWeight;
 use crate::{Llama, LlamaConfig};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// HF name of a GGUF tensor name (`blk.3.attn_q.weight` to
 /// `model.layers.3.self_attn.q_proj.weight`); `None` for names the model does not use.
@@ -67,6 +70,30 @@ pub fn unpermute_rows(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
 /// missing metadata or an unsupported architecture; [`CheckpointError::Model`] when tensors do
 /// not fit the config.
 pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<Llama, CheckpointError> {
+    load_gguf_with(path, dtype, device, false)
+}
+
+/// [`load_gguf`] keeping the projection weights (`q_proj` .. `down_proj`) in the file's block
+/// formats ([`QuantizedWeight`], Q and K rows unpermuted on each dequantization): QLoRA's
+/// frozen base. Embeddings, norms and the LM head are dequantized to `dtype` as in
+/// [`load_gguf`]; the model computes exactly what [`load_gguf`]'s does.
+///
+/// # Errors
+/// As [`load_gguf`].
+pub fn load_gguf_quantized(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<Llama, CheckpointError> {
+    load_gguf_with(path, dtype, device, true)
+}
+
+fn load_gguf_with(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+    keep_quantized: bool,
+) -> Result<Llama, CheckpointError> {
     let mut file = std::fs::File::open(path).map_err(|e| CheckpointError::io(path, e))?;
     let mut reader = std::io::BufReader::new(&mut file);
     let content = Content::read(&mut reader).map_err(|e| CheckpointError::format(path, e))?;
@@ -137,6 +164,7 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<Llama, Ch
     cfg.validate()?;
     let permute = arch == "llama";
     let mut tensors = Vec::new();
+    let mut quantized = BTreeMap::new();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     for name in names {
@@ -146,18 +174,31 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<Llama, Ch
         let q = content
             .tensor(&mut reader, name, &Device::Cpu)
             .map_err(|e| CheckpointError::format(path, format!("{name}: {e}")))?;
+        let rope_heads = if !permute {
+            None
+        } else if hf.contains("self_attn.q_proj") {
+            Some(heads)
+        } else if hf.contains("self_attn.k_proj") {
+            Some(kv_heads)
+        } else {
+            None
+        };
+        if keep_quantized && hf.ends_with("_proj.weight") {
+            let w = QuantizedWeight::from_qtensor(q, rope_heads)
+                .map_err(|e| CheckpointError::format(path, format!("{name}: {e}")))?;
+            quantized.insert(hf, Arc::new(w));
+            continue;
+        }
         let mut t = q
             .dequantize(&Device::Cpu)
             .map_err(|e| CheckpointError::format(path, format!("{name}: {e}")))?;
         let conv = |r: candle_core::Result<Tensor>| {
             r.map_err(|e| CheckpointError::format(path, format!("{name}: {e}")))
         };
-        if permute && hf.contains("self_attn.q_proj") {
-            t = conv(unpermute_rows(&t, heads))?;
-        } else if permute && hf.contains("self_attn.k_proj") {
-            t = conv(unpermute_rows(&t, kv_heads))?;
+        if let Some(h) = rope_heads {
+            t = conv(unpermute_rows(&t, h))?;
         }
         tensors.push((hf, t));
     }
-    Ok(Llama::from_tensors(cfg, tensors, dtype, device)?)
+    Ok(Llama::from_parts(cfg, tensors, quantized, dtype, device)?)
 }

@@ -7,7 +7,7 @@ mod hf;
 mod peft;
 
 pub use error::CheckpointError;
-pub use gguf::{gguf_to_hf_name, load_gguf, unpermute_rows};
+pub use gguf::{gguf_to_hf_name, load_gguf, load_gguf_quantized, unpermute_rows};
 pub use hf::{load_hf_dir, save_hf_dir, save_hf_parts, HfParts};
 pub use peft::{load_adapter, save_adapter, AdapterConfig, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 

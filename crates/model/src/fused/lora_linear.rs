@@ -8,29 +8,35 @@
 //! recomputes the small `h = (x ⊙ M) A^T` `(rows, r)`:
 //! `dB = s dy^T h`, `dh = s dy B`, `dA = dh^T (x ⊙ M)`, `dx = dy W + (dh A) ⊙ M`.
 
+use super::frozen::frozen;
 use super::fused_ok;
-use super::linear::{frozen_linear, gemm_xwt, linear};
+use super::linear::{gemm_xwt, linear};
 use super::storage::{typed, typed_tensor, with_last_dim, Float};
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
+use crate::quantized::Frozen;
+use candle_core::{bail, CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor, D};
 
-/// The adapted layer; `w`, `b` and `mask` (x's shape, constant) are taken detached, `a` and
-/// `bm` are differentiable.
+/// The adapted layer; `w` (dense or quantized, see [`crate::quantized`]), `b` and `mask`
+/// (x's shape, constant) are taken detached, `a` and `bm` are differentiable.
 ///
 /// # Errors
 /// Shape or dtype mismatch, or a tensor failure.
 pub fn lora_linear(
     x: &Tensor,
-    w: &Tensor,
+    w: &Frozen,
     b: Option<&Tensor>,
     a: &Tensor,
     bm: &Tensor,
     s: f64,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let same = x.dtype() == w.dtype() && x.dtype() == a.dtype() && x.dtype() == bm.dtype();
-    if !(same && fused_ok(x) && fused_ok(w) && fused_ok(a) && fused_ok(bm)) {
+    let w_ok = match w {
+        Frozen::Dense(t) => t.dtype() == x.dtype() && fused_ok(t),
+        Frozen::Quantized(_) => true,
+    };
+    let same = x.dtype() == a.dtype() && x.dtype() == bm.dtype();
+    if !(same && w_ok && fused_ok(x) && fused_ok(a) && fused_ok(bm)) {
         // Other devices and mixed dtypes (f32 adapters over a 16-bit base): composed.
-        let base = frozen_linear(x, w, b)?;
+        let base = frozen(x, w, b)?;
         let xa = x.to_dtype(a.dtype())?;
         let xa = match mask {
             Some(m) => (xa * m.detach().to_dtype(a.dtype())?)?,
@@ -39,13 +45,13 @@ pub fn lora_linear(
         let h = linear(&xa, a, None)?.affine(s, 0.0)?;
         return base + linear(&h, bm, None)?.to_dtype(x.dtype())?;
     }
-    let (out_f, in_f) = w.dims2()?;
+    let (out_f, in_f) = w.dims()?;
     let (r, a_in) = a.dims2()?;
     if x.dim(D::Minus1)? != in_f || a_in != in_f || bm.dims2()? != (out_f, r) {
         bail!(
             "lora_linear: x {:?}, W {:?}, A {:?}, B {:?}",
             x.dims(),
-            w.dims(),
+            (out_f, in_f),
             a.dims(),
             bm.dims()
         );
@@ -57,11 +63,11 @@ pub fn lora_linear(
         Some(m) => Some(m.detach().to_dtype(x.dtype())?.contiguous()?),
         None => None,
     };
-    let op = LoraLinear {
-        w: w.detach().contiguous()?,
-        s,
-        mask,
+    let w = match w {
+        Frozen::Dense(t) => Frozen::Dense(t.detach().contiguous()?),
+        q => q.clone(),
     };
+    let op = LoraLinear { w, s, mask };
     let y = x
         .contiguous()?
         .apply_op3(&a.contiguous()?, &bm.contiguous()?, op)?;
@@ -72,8 +78,8 @@ pub fn lora_linear(
 }
 
 struct LoraLinear {
-    /// The frozen base weight `(out, in)`, contiguous.
-    w: Tensor,
+    /// The frozen base weight `(out, in)` (contiguous when dense).
+    w: Frozen,
     /// The adapter scale.
     s: f64,
     /// The dropout mask on the adapter's input (x's shape), if any.
@@ -86,9 +92,10 @@ impl LoraLinear {
         let op = "lora_linear";
         let [x, a, bm] = args.map(|(s, l)| typed::<T>(s, l, op));
         let (x, a, bm) = (x?, a?, bm?);
-        let (out_f, in_f) = self.w.dims2()?;
+        let (out_f, in_f) = self.w.dims()?;
         let r = a.len() / in_f.max(1);
-        let (storage, layout) = self.w.storage_and_layout();
+        let w = self.w.tensor(T::DTYPE, &Device::Cpu)?;
+        let (storage, layout) = w.storage_and_layout();
         let w = typed_tensor::<T>(&storage, layout, "lora_linear")?;
         let mut y = gemm_xwt(x, w, rows, in_f, out_f);
         let dropped: Vec<T>;
@@ -124,7 +131,7 @@ impl CustomOp3 for LoraLinear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (out_f, in_f) = self.w.dims2()?;
+        let (out_f, in_f) = self.w.dims()?;
         let rows = l1.shape().elem_count() / in_f.max(1);
         let args = [(s1, l1), (s2, l2), (s3, l3)];
         let out = match s1 {
@@ -143,7 +150,7 @@ impl CustomOp3 for LoraLinear {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (out_f, in_f) = self.w.dims2()?;
+        let (out_f, in_f) = self.w.dims()?;
         let rows = x.elem_count() / in_f.max(1);
         let g = grad_res.reshape((rows, out_f))?;
         let m2 = match &self.mask {
@@ -163,7 +170,8 @@ impl CustomOp3 for LoraLinear {
             Some(m) => (dh.matmul(a)? * m)?,
             None => dh.matmul(a)?,
         };
-        let dx = (g.matmul(&self.w)? + d_adapter)?.reshape(x.shape())?;
+        let w = self.w.tensor(x.dtype(), x.device())?;
+        let dx = (g.matmul(&w)? + d_adapter)?.reshape(x.shape())?;
         Ok((Some(dx), Some(d_a), Some(d_b)))
     }
 }

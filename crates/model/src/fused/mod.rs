@@ -15,6 +15,7 @@
 
 mod attention;
 mod cross_entropy;
+mod frozen;
 mod head_loss;
 mod heads;
 mod linear;
@@ -27,6 +28,7 @@ mod swiglu;
 
 pub use attention::attention;
 pub use cross_entropy::cross_entropy;
+pub use frozen::frozen;
 pub use head_loss::head_cross_entropy;
 pub use heads::{merge_heads, split_heads};
 pub use linear::{frozen_linear, linear};
