@@ -80,6 +80,23 @@ impl Model {
         Ok(())
     }
 
+    /// Quantizes the base's projection weights to `format` (QLoRA, see
+    /// [`Llama::quantize_base`]).
+    ///
+    /// # Errors
+    /// [`ModelError::Unsupported`] for Phi; a weight whose input size misfits the blocks.
+    pub fn quantize_base(
+        &mut self,
+        format: candle_core::quantized::GgmlDType,
+    ) -> Result<(), ModelError> {
+        match self {
+            Model::Llama(m) => m.quantize_base(format),
+            Model::Phi(_) => Err(ModelError::Unsupported(
+                "a quantized base (QLoRA) is implemented for the Llama family".into(),
+            )),
+        }
+    }
+
     /// The weights to save as a full HF model: the base with any adapters merged in.
     ///
     /// # Errors

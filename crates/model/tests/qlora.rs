@@ -95,7 +95,11 @@ fn a_gguf_base_kept_quantized_trains_exactly_like_its_dequantized_load() {
         .all(|n| !n.ends_with("_proj.weight")));
     assert_eq!(
         quantized.base_num_parameters(),
-        dense.params().values().map(|v| v.elem_count()).sum::<usize>()
+        dense
+            .params()
+            .values()
+            .map(|v| v.elem_count())
+            .sum::<usize>()
     );
     // Q4_1: 20 bytes per 32 weights, against 128 dense.
     for (n, q) in quantized.quantized() {

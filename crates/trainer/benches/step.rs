@@ -3,7 +3,7 @@
 //! peer (`scripts/bench/torch_llama_step.py`) on the same shape.
 //!
 //! `cargo bench -p trainer --bench step -- [--threads 2 --steps 5 --vocab 8192 --d 256
-//! --layers 8 --heads 8 --ffn 688 --batch 8 --seq 256]` prints one line: median step time
+//! --layers 8 --heads 8 --ffn 688 --batch 8 --seq 256 --lora R --quant q8_0]` prints one line: median step time
 //! (seconds, first step excluded as warm-up), tokens/s, GFLOP/s (6 x params x tokens / time),
 //! the final loss and the peak RSS (MiB, `VmHWM`). Every position is scored, one segment per
 //! row, untied head: the same work as the peer (the defaults are the peer's shape, 10.5M
@@ -52,15 +52,23 @@ fn run() -> anyhow::Result<()> {
         println!(
             "One training step of a random Llama (forward, backward, AdamW) on a fixed batch."
         );
-        println!("Flags, with their defaults (the PyTorch peer's; --lora R > 0: LoRA rank R, alpha 2R, every projection, instead of full fine-tuning):");
+        println!("Flags, with their defaults (the PyTorch peer's; --lora R > 0: LoRA rank R, alpha 2R, every projection, instead of full fine-tuning; --quant FORMAT with --lora: QLoRA, the projections quantized to q8_0, q4_0, ...):");
         for (k, v) in &opts {
             println!("  --{k} {v}");
         }
         return Ok(());
     }
+    let mut quant = None;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let key = flag.trim_start_matches("--");
+        if key == "quant" {
+            let value = it
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("--quant needs a block format"))?;
+            quant = Some(model::quantized::parse_format(value).map_err(anyhow::Error::msg)?);
+            continue;
+        }
         let Some(slot) = opts.get_mut(key) else {
             anyhow::bail!(
                 "unknown flag {flag}; known: {:?}",
@@ -76,6 +84,9 @@ fn run() -> anyhow::Result<()> {
     }
     if let Some((k, _)) = opts.iter().find(|(k, &v)| v == 0 && **k != "lora") {
         anyhow::bail!("--{k} must be at least 1");
+    }
+    if quant.is_some() && opts["lora"] == 0 {
+        anyhow::bail!("--quant quantizes LoRA's frozen base: give --lora R too");
     }
     // candle sizes its thread pools from this variable on first use.
     std::env::set_var("RAYON_NUM_THREADS", opts["threads"].to_string());
@@ -106,6 +117,9 @@ fn run() -> anyhow::Result<()> {
             target_modules: model::lora::LLAMA_PROJECTIONS.map(String::from).to_vec(),
             use_rslora: false,
         };
+        if let Some(f) = quant {
+            model.quantize_base(f)?;
+        }
         let shapes = model.projection_shapes();
         let lora = model::lora::Lora::new(settings, &shapes, 0, DType::F32, &Device::Cpu)?;
         model.set_lora(lora);
@@ -151,11 +165,12 @@ fn run() -> anyhow::Result<()> {
     let med = times[times.len() / 2];
     let tokens = (b * t) as f64;
     println!(
-        "candle threads={} params={:.2}M trainable={:.3}M lora_r={} step_median={med:.3}s tokens/s={:.0} GFLOP/s={:.1} loss={loss:.3} peak_rss_mib={:.0} adam_state_mib={:.1} all_reduce_mib={:.2}",
+        "candle threads={} params={:.2}M trainable={:.3}M lora_r={} quant={} step_median={med:.3}s tokens/s={:.0} GFLOP/s={:.1} loss={loss:.3} peak_rss_mib={:.0} adam_state_mib={:.1} all_reduce_mib={:.2}",
         opts["threads"],
         n_params as f64 / 1e6,
         trainable as f64 / 1e6,
         opts["lora"],
+        quant.map_or("none".to_string(), |f| format!("{f:?}")),
         tokens / med,
         6.0 * n_params as f64 * tokens / med / 1e9,
         peak_rss_mib().unwrap_or(f64::NAN),

@@ -91,6 +91,29 @@ fn lora(job: &Job) -> Vec<String> {
     ]
 }
 
+/// QLoRA: LoRA as [`lora`] over a base of hidden size 32 (the harness's 16 does not fill a
+/// 32-weight block) whose projections are quantized to Q8_0 on load.
+fn qlora(job: &Job) -> Vec<String> {
+    let widths = [
+        "model.arch.hidden_size=32",
+        "model.arch.intermediate_size=64",
+    ];
+    let base = job.dir.path().join("base-32");
+    if !base.exists() {
+        let cfg = load(job, &widths);
+        let (enc, _) = load_data(&cfg).unwrap();
+        let m = trainer::train::build_model(&cfg, enc.vocab_size()).unwrap();
+        model::checkpoint::save_hf_dir(&m, &base).unwrap();
+    }
+    vec![
+        "lora.enabled=true".into(),
+        "lora.r=4".into(),
+        "lora.alpha=8.0".into(),
+        "lora.quantize_base=\"q8_0\"".into(),
+        format!("model.path=\"{}\"", base.display()),
+    ]
+}
+
 /// LoRA as [`lora`] with dropout 0.2 on the adapters' input.
 fn lora_dropout(job: &Job) -> Vec<String> {
     let mut s = lora(job);
@@ -137,6 +160,55 @@ fn resume_from_the_checkpointer_equals_an_uninterrupted_run() {
 #[test]
 fn lora_resume_from_the_checkpointer_equals_an_uninterrupted_run() {
     resume_equals_uninterrupted(lora);
+}
+
+#[test]
+fn qlora_resume_from_the_checkpointer_equals_an_uninterrupted_run() {
+    resume_equals_uninterrupted(qlora);
+}
+
+#[test]
+fn qlora_holds_the_base_quantized_and_a_resume_must_keep_the_quantization() {
+    let comm = collectives::Local::new();
+    let job = Job::new("");
+    let cfg = load(&job, &qlora(&job));
+    with_trainer(&cfg, &comm, None, |t, plan| {
+        let llama = t.model.as_llama().unwrap();
+        // 1 layer x 7 projections held as Q8_0 (34 bytes per 32 weights), not parameters.
+        assert_eq!(llama.quantized().len(), 7);
+        for (n, q) in llama.quantized() {
+            assert_eq!(q.format(), candle_core::quantized::GgmlDType::Q8_0);
+            assert!(!llama.base_params().contains_key(n));
+            let (o, i) = q.dims();
+            assert_eq!(q.bytes(), o * i / 32 * 34, "{n}");
+        }
+        drive(t, 2);
+        let mut c = Checkpointer::new(plan.checkpoint_settings(&cfg).unwrap(), 0, None);
+        c.after_step(t, true, false, None).unwrap();
+        c.finish().unwrap();
+    });
+    let ckpt = state::checkpoints_dir(&cfg.output_dir).join(state::step_dir_name(2));
+    let mut dense = qlora(&job);
+    dense.retain(|s| !s.starts_with("lora.quantize_base"));
+    let cfg2 = load(&job, &dense);
+    let (enc, ds) = load_data(&cfg2).unwrap();
+    let (plan, sampler) = Plan::new(&cfg2, &comm, &ds).unwrap();
+    let err = setup::start(
+        &cfg2,
+        &comm,
+        &ds,
+        enc.vocab_size(),
+        &plan,
+        sampler,
+        Some(&ckpt),
+    )
+    .err()
+    .expect("a resume over a dense base is refused")
+    .to_string();
+    assert!(
+        err.contains("quantize_base = \"q8_0\"") && err.contains("\"none\""),
+        "{err}"
+    );
 }
 
 #[test]

@@ -89,4 +89,3 @@ pub fn write_gguf(model: &Llama, qtype: GgmlDType, path: &Path) {
     let mut f = std::fs::File::create(path).unwrap();
     gguf_file::write(&mut f, &md_refs, &t_refs).unwrap();
 }
-

@@ -234,11 +234,15 @@ pub fn check(args: &CheckArgs) -> Result<(), ExitError> {
         if let Ok(l) = cfg.lora.settings() {
             let _ = writeln!(
                 text,
-                "  lora: r {}, alpha {} (scale {}), {}",
+                "  lora: r {}, alpha {} (scale {}), {}; base {}",
                 l.r,
                 l.alpha,
                 l.scale(),
-                l.target_modules.join(", ")
+                l.target_modules.join(", "),
+                match cfg.lora.quantize_base.as_str() {
+                    "none" => "dense".to_string(),
+                    q => format!("quantized ({q}, QLoRA)"),
+                }
             );
         }
     }

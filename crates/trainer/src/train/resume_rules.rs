@@ -241,6 +241,24 @@ pub fn check_adapter_base(saved: Option<&str>, now: Option<&str>, dir: &Path) ->
     }
 }
 
+/// A LoRA run's base quantization (`lora.quantize_base`) must be the run's: adapters trained
+/// against one rounding of the base continue on another only by mistake. A checkpoint without
+/// the record (older versions) had a dense base.
+///
+/// # Errors
+/// Names both values.
+pub fn check_base_quant(saved: Option<&str>, now: &str, dir: &Path) -> Result<()> {
+    let saved = saved.unwrap_or("none");
+    if saved != now {
+        bail!(
+            "{}: the adapters were trained with lora.quantize_base = \"{saved}\", the \
+             configuration says \"{now}\": resume with the run's setting",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// The adapters' settings must be the run's: another rank, alpha or module set is another
 /// model.
 ///

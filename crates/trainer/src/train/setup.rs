@@ -1,7 +1,7 @@
 //! Setting a run up: the model, the data, the checks that need no data, a fresh or resumed
 //! [`Trainer`] for a [`Plan`], and rank 0's metric sinks.
 
-use super::config::TrainConfig;
+use super::config::{BaseQuant, TrainConfig};
 use super::error::{RunError, Scoped};
 use super::plan::Plan;
 use super::state::{self, TrainState};
@@ -16,7 +16,7 @@ use data::dataset::Dataset;
 use data::tokenize::Encoder;
 use data::train::{Cursor, TrainSampler};
 use data::valid::ProbeSampler;
-use model::checkpoint::load_model;
+use model::checkpoint::{load_gguf_quantized, load_model};
 use model::optim::{AdamW, AdamWConfig};
 use model::{CausalLm, Llama, LlamaConfig, Model, TaskLoss};
 use std::path::Path;
@@ -27,7 +27,20 @@ use std::path::Path;
 /// Unreadable checkpoint, invalid architecture, or a vocabulary smaller than the tokenizer's.
 pub fn build_model(cfg: &TrainConfig, tokenizer_vocab: usize) -> Result<Model> {
     let device = Device::Cpu;
+    let quant = if cfg.lora.enabled {
+        cfg.lora.base_quant().map_err(anyhow::Error::msg)?
+    } else {
+        BaseQuant::None
+    };
     let mut model: Model = match (&cfg.model.path, &cfg.model.arch) {
+        (Some(p), _) if quant == BaseQuant::Gguf => load_gguf_quantized(p, DType::F32, &device)
+            .map(Model::from)
+            .with_context(|| {
+                format!(
+                    "loading model.path {} (lora.quantize_base = \"gguf\")",
+                    p.display()
+                )
+            })?,
         // A LoRA model (adapter directory) is trained on further as its merged weights.
         (Some(p), _) => load_model(p, DType::F32, &device)
             .and_then(|m| Ok(m.merged()?))
@@ -61,6 +74,9 @@ pub fn build_model(cfg: &TrainConfig, tokenizer_vocab: usize) -> Result<Model> {
              check model.tokenizer",
             model.vocab_size()
         );
+    }
+    if let BaseQuant::Format(f) = quant {
+        model.quantize_base(f).context("lora.quantize_base")?;
     }
     if cfg.lora.enabled {
         let settings = cfg.lora.settings().map_err(anyhow::Error::msg)?;
@@ -158,6 +174,9 @@ pub fn start<'a>(
             resume_rules::check_schedule(&st, &plan.step.lr_schedule, plan.total_steps, dir)
                 .bad_input()?;
             if cfg.lora.enabled {
+                let quant = cfg.lora.quantize_base.to_ascii_lowercase();
+                resume_rules::check_base_quant(st.lora_quantize_base.as_deref(), &quant, dir)
+                    .bad_input()?;
                 resume_adapters(cfg, &mut model, dir, base_path.as_deref())?;
             } else {
                 resume_rules::check_not_lora(dir).bad_input()?;
@@ -183,6 +202,10 @@ pub fn start<'a>(
     st.lr_schedule = Some(plan.step.lr_schedule);
     st.total_steps = Some(plan.total_steps);
     st.probe_samples_per_task = Some(plan.probe_samples_per_task);
+    st.lora_quantize_base = cfg
+        .lora
+        .enabled
+        .then(|| cfg.lora.quantize_base.to_ascii_lowercase());
     // The ranks of this run write the next checkpoints (the global batch is what must stay).
     st.world_size = comm.world_size();
     Ok(Trainer {
@@ -276,6 +299,7 @@ fn fresh(
         lr_schedule: None,
         total_steps: None,
         metrics_header_len: None,
+        lora_quantize_base: None,
         probe_samples_per_task: None,
     };
     let opt = AdamW::new(AdamWConfig {

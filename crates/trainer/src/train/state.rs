@@ -71,6 +71,10 @@ pub struct TrainState {
     /// keep it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_samples_per_task: Option<usize>,
+    /// A LoRA run's `lora.quantize_base` (lower case; absent in older checkpoints and in full
+    /// fine-tuning): a resume must keep the base the adapters were trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_quantize_base: Option<String>,
 }
 
 /// An in-memory copy of everything a checkpoint holds, cheap to take between steps.

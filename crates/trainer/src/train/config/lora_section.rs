@@ -1,6 +1,7 @@
 //! `[lora]`: LoRA fine-tuning with PEFT's settings (MFTCoder's recipes use r = 96,
 //! alpha = 32 on every linear layer). Off by default.
 
+use candle_core::quantized::GgmlDType;
 use model::lora::{LoraSettings, LLAMA_PROJECTIONS};
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,22 @@ pub struct LoraSection {
     pub target_modules: TargetModules,
     /// rsLoRA scaling `alpha / sqrt(r)`. Default false.
     pub use_rslora: bool,
+    /// QLoRA: hold the frozen base's projection weights quantized. `"none"` (default: dense
+    /// f32), `"gguf"` (keep a GGUF `model.path`'s own block formats, e.g. Q4_1), or a GGML block
+    /// format to quantize any base to on load (`q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q4_k`,
+    /// ...; K-quants need input sizes divisible by 256).
+    pub quantize_base: String,
+}
+
+/// What `lora.quantize_base` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseQuant {
+    /// A dense base.
+    None,
+    /// A GGUF file's projections as stored.
+    Gguf,
+    /// Projections quantized to this block format on load.
+    Format(GgmlDType),
 }
 
 /// `lora.target_modules`: the string `"all-linear"` or a list of names.
@@ -44,11 +61,26 @@ impl Default for LoraSection {
             dropout: 0.0,
             target_modules: TargetModules::All("all-linear".into()),
             use_rslora: false,
+            quantize_base: "none".into(),
         }
     }
 }
 
 impl LoraSection {
+    /// `quantize_base` parsed.
+    ///
+    /// # Errors
+    /// An unknown value, naming the key and the accepted ones.
+    pub fn base_quant(&self) -> Result<BaseQuant, String> {
+        match self.quantize_base.to_ascii_lowercase().as_str() {
+            "none" => Ok(BaseQuant::None),
+            "gguf" => Ok(BaseQuant::Gguf),
+            other => model::quantized::parse_format(other)
+                .map(BaseQuant::Format)
+                .map_err(|e| format!("key `lora.quantize_base`: \"none\", \"gguf\" or a {e}")),
+        }
+    }
+
     /// The model crate's settings (`target_modules` expanded and sorted).
     ///
     /// # Errors

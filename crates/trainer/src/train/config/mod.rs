@@ -42,7 +42,7 @@ mod validate;
 pub use coba_section::{AutoOr, AutoTag, CobaSection};
 
 pub use load::{env_vars, load, ConfigError, Sources};
-pub use lora_section::{LoraSection, TargetModules};
+pub use lora_section::{BaseQuant, LoraSection, TargetModules};
 pub use validate::validate;
 
 /// The whole job.

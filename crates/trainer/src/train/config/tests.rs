@@ -147,3 +147,48 @@ fn resolved_config_round_trips_through_toml() {
     let again = load(&src(c.to_toml(), &[], &[])).unwrap();
     assert_eq!(c, again);
 }
+
+#[test]
+fn lora_quantize_base_values_and_their_conditions() {
+    let e = load(&src(base(), &[], &["lora.quantize_base=\"nf4\""]))
+        .unwrap_err()
+        .0;
+    assert!(
+        e.contains("lora.quantize_base") && e.contains("q8_0"),
+        "{e}"
+    );
+    let e = load(&src(base(), &[], &["lora.quantize_base=\"q8_0\""]))
+        .unwrap_err()
+        .0;
+    assert!(
+        e.contains("lora.quantize_base") && e.contains("lora.enabled = true"),
+        "{e}"
+    );
+    let lora = ["lora.enabled=true", "lora.quantize_base=\"gguf\""];
+    let e = load(&src(
+        base(),
+        &[],
+        &[&lora[..], &["model.path=\".\""]].concat(),
+    ))
+    .unwrap_err()
+    .0;
+    assert!(
+        e.contains("lora.quantize_base") && e.contains("directory"),
+        "{e}"
+    );
+    let c = load(&src(
+        base(),
+        &[],
+        &[
+            "lora.enabled=true",
+            "lora.quantize_base=\"Q8_0\"",
+            "model.path=\"m.gguf\"",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        c.lora.base_quant(),
+        Ok(BaseQuant::Format(candle_core::quantized::GgmlDType::Q8_0))
+    );
+    assert_eq!(LoraSection::default().base_quant(), Ok(BaseQuant::None));
+}

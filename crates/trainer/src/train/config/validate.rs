@@ -1,6 +1,6 @@
 //! Range and consistency checks of a loaded configuration (no IO): each error names its key.
 
-use super::{ConfigError, TrainConfig};
+use super::{BaseQuant, ConfigError, TrainConfig};
 
 /// Range and consistency checks that need no IO.
 ///
@@ -105,6 +105,27 @@ pub fn validate(cfg: &TrainConfig) -> Result<(), ConfigError> {
                     "hidden_size {} must divide by num_attention_heads {}, which must divide by \
                      num_key_value_heads {kv}",
                     a.hidden_size, a.num_attention_heads
+                ),
+            );
+        }
+    }
+    let quant = cfg.lora.base_quant().map_err(ConfigError)?;
+    if quant != BaseQuant::None && !cfg.lora.enabled {
+        return err(
+            "lora.quantize_base",
+            "quantizes the frozen base of LoRA adapters (QLoRA): set lora.enabled = true, or \
+             remove it"
+                .into(),
+        );
+    }
+    if let (BaseQuant::Gguf, Some(p)) = (quant, &cfg.model.path) {
+        if p.is_dir() {
+            return err(
+                "lora.quantize_base",
+                format!(
+                    "\"gguf\" keeps a GGUF file's quantization, and model.path {} is a \
+                     directory: give a block format (q8_0, q4_0, ...) to quantize it on load",
+                    p.display()
                 ),
             );
         }
