@@ -113,6 +113,7 @@ fn lora_run_writes_peft_adapters_that_eval_and_merge_read() {
     ]);
     ok(&o);
     assert!(merged.join("config.json").is_file() && merged.join("tokenizer.json").is_file());
+    peft_merge_check(&best, &base, &merged);
     let merged_nll = eval_json(merged.to_str().unwrap(), &job);
     let base_nll = eval_json(base.to_str().unwrap(), &job);
     for ((a, m), b) in with_adapter.iter().zip(&merged_nll).zip(&base_nll) {
@@ -261,6 +262,38 @@ fn lora_run_writes_peft_adapters_that_eval_and_merge_read() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("lora.enabled = true"), "{}", text(&o));
+}
+
+/// The merged model equals PEFT's merge formula applied by an independent reader
+/// (`scripts/peft-merge-check.py`: the `safetensors` package and numpy, float64). Skips without
+/// the Python packages, except under `CI=true` (the README's test command installs them).
+fn peft_merge_check(adapter: &std::path::Path, base: &std::path::Path, merged: &std::path::Path) {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/peft-merge-check.py");
+    let o = std::process::Command::new("python3")
+        .arg(script)
+        .args([adapter, base, merged])
+        .output();
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    match o {
+        Ok(o) if o.status.success() => {
+            let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            // 1 layer x 7 projections adapted, everything else copied.
+            assert_eq!(report["adapted"], 7, "{report}");
+            assert!(report["copied"].as_u64().unwrap() >= 3, "{report}");
+        }
+        Ok(o) if o.status.code() == Some(1) => panic!(
+            "merge differs from PEFT's formula: {}",
+            String::from_utf8_lossy(&o.stdout)
+        ),
+        other => {
+            assert!(
+                !ci,
+                "CI=true but the PEFT merge check did not run: {other:?}"
+            );
+            eprintln!("SKIPPED: needs python3 with `pip install safetensors numpy` ({other:?})");
+        }
+    }
 }
 
 fn params_of_adapter(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<f32>> {
