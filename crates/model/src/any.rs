@@ -52,31 +52,44 @@ impl Model {
 
     /// The LoRA adapters, if attached.
     pub fn lora(&self) -> Option<&crate::lora::Lora> {
-        self.as_llama().and_then(Llama::lora)
+        match self {
+            Model::Llama(m) => m.lora(),
+            Model::Phi(m) => m.lora(),
+        }
+    }
+
+    /// The projection names LoRA can target in this architecture (PEFT's `"all-linear"`).
+    pub fn lora_projections(&self) -> &'static [&'static str] {
+        match self {
+            Model::Llama(_) => &crate::lora::LLAMA_PROJECTIONS,
+            Model::Phi(_) => &crate::lora::PHI_PROJECTIONS,
+        }
     }
 
     /// Attaches adapters: fresh ones from `seed`, or `tensors` (PEFT keys) when given.
     ///
     /// # Errors
-    /// [`ModelError::Unsupported`] for Phi; invalid settings or adapter tensors.
+    /// Invalid settings (a module the architecture lacks) or adapter tensors.
     pub fn attach_lora(
         &mut self,
         settings: crate::lora::LoraSettings,
         seed: u64,
         tensors: Option<BTreeMap<String, Tensor>>,
     ) -> Result<(), ModelError> {
-        let Model::Llama(m) = self else {
-            return Err(ModelError::Unsupported(
-                "LoRA is implemented for the Llama family (llama, qwen2, mistral)".into(),
-            ));
+        let shapes = match self {
+            Model::Llama(m) => m.projection_shapes(),
+            Model::Phi(m) => m.projection_shapes(),
         };
-        let shapes = m.projection_shapes();
-        let dtype = crate::lora::adapter_dtype(m.dtype());
+        let dtype = crate::lora::adapter_dtype(self.dtype());
+        let device = self.device().clone();
         let lora = match tensors {
-            None => crate::lora::Lora::new(settings, &shapes, seed, dtype, m.device())?,
+            None => crate::lora::Lora::new(settings, &shapes, seed, dtype, &device)?,
             Some(t) => crate::lora::Lora::from_tensors(settings, &shapes, t, dtype)?,
         };
-        m.set_lora(lora);
+        match self {
+            Model::Llama(m) => m.set_lora(lora),
+            Model::Phi(m) => m.set_lora(lora),
+        }
         Ok(())
     }
 
@@ -104,7 +117,7 @@ impl Model {
     pub fn merged_tensors(&self) -> Result<BTreeMap<String, Tensor>, ModelError> {
         match self {
             Model::Llama(m) => m.merged_tensors(),
-            Model::Phi(m) => Ok(m.tensors()),
+            Model::Phi(m) => m.merged_tensors(),
         }
     }
 
@@ -113,7 +126,7 @@ impl Model {
     pub fn base_num_parameters(&self) -> usize {
         match self {
             Model::Llama(m) => m.base_num_parameters(),
-            Model::Phi(m) => m.num_parameters(),
+            Model::Phi(m) => m.base_params().values().map(|v| v.elem_count()).sum(),
         }
     }
 
@@ -127,6 +140,10 @@ impl Model {
             Model::Llama(m) if m.lora().is_some() => {
                 let tensors = m.merged_tensors()?;
                 Ok(Llama::from_tensors(m.config().clone(), tensors, m.dtype(), m.device())?.into())
+            }
+            Model::Phi(m) if m.lora().is_some() => {
+                let tensors = m.merged_tensors()?;
+                Ok(Phi::from_tensors(m.config().clone(), tensors, m.dtype(), m.device())?.into())
             }
             other => Ok(other),
         }

@@ -372,20 +372,8 @@ impl Llama {
         for (n, q) in &self.quantized {
             out.insert(n.clone(), q.dequantize(self.dtype, &self.device)?);
         }
-        let Some(lora) = &self.lora else {
-            return Ok(out);
-        };
-        let s = lora.settings.scale();
-        for i in 0..self.layers.len() {
-            for m in &lora.settings.target_modules {
-                let Some(ad) = lora.get(i, m) else { continue };
-                let name = projection_name(i, m);
-                // In the adapters' dtype: f32 (f64 over an f64 base).
-                let w = out[&name].to_dtype(ad.a.dtype())?;
-                let ba = ad.b.as_tensor().matmul(ad.a.as_tensor())?;
-                let merged = (w + ba.affine(s, 0.0)?)?.to_dtype(self.dtype)?;
-                out.insert(name, merged);
-            }
+        if let Some(lora) = &self.lora {
+            lora.merge_into(&mut out, self.dtype)?;
         }
         Ok(out)
     }

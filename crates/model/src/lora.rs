@@ -26,10 +26,29 @@ pub const LLAMA_PROJECTIONS: [&str; 7] = [
     "down_proj",
 ];
 
+/// The projections of a Phi block LoRA can target (PEFT's module names; PEFT's
+/// `"all-linear"` on `PhiForCausalLM`).
+pub const PHI_PROJECTIONS: [&str; 6] = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"];
+
+/// Every projection name of the supported architectures, each once (Llama's, then Phi's own):
+/// a module's index here keys its dropout masks.
+const ALL_PROJECTIONS: [&str; 10] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "dense",
+    "fc1",
+    "fc2",
+];
+
 /// The sub-module path of a projection inside a decoder layer (`self_attn` or `mlp`).
 pub fn projection_parent(module: &str) -> &'static str {
     match module {
-        "gate_proj" | "up_proj" | "down_proj" => "mlp",
+        "gate_proj" | "up_proj" | "down_proj" | "fc1" | "fc2" => "mlp",
         _ => "self_attn",
     }
 }
@@ -44,7 +63,8 @@ pub struct LoraSettings {
     /// Dropout on the input of A (PEFT `lora_dropout`): a training setting (no effect on a
     /// forward without dropout, a merge or an evaluation); training supports only 0 so far.
     pub dropout: f64,
-    /// Targeted projections (names from [`LLAMA_PROJECTIONS`]), sorted.
+    /// Targeted projections (names from [`LLAMA_PROJECTIONS`] or [`PHI_PROJECTIONS`], as the
+    /// model has them), sorted.
     pub target_modules: Vec<String>,
     /// rsLoRA scaling `alpha / sqrt(r)`.
     pub use_rslora: bool,
@@ -86,11 +106,13 @@ impl LoraSettings {
         if let Some(m) = self
             .target_modules
             .iter()
-            .find(|m| !LLAMA_PROJECTIONS.contains(&m.as_str()))
+            .find(|m| !ALL_PROJECTIONS.contains(&m.as_str()))
         {
             return Err(ModelError::Config(format!(
-                "`lora.target_modules`: unknown module `{m}` (expected \"all-linear\" or some of {})",
-                LLAMA_PROJECTIONS.join(", ")
+                "`lora.target_modules`: unknown module `{m}` (expected \"all-linear\" or some of \
+                 {} (Llama family), {} (Phi))",
+                LLAMA_PROJECTIONS.join(", "),
+                PHI_PROJECTIONS.join(", ")
             )));
         }
         Ok(())
@@ -181,6 +203,7 @@ impl Lora {
         dtype: DType,
     ) -> Result<Self, ModelError> {
         settings.validate()?;
+        check_modules(&settings, shapes)?;
         let r = settings.r;
         let mut layers = Vec::with_capacity(shapes.len());
         let mut params = BTreeMap::new();
@@ -220,6 +243,33 @@ impl Lora {
             layers,
             params,
         })
+    }
+
+    /// Adds `s B A` (computed in the adapters' dtype: f32, or f64 over an f64 base) to each
+    /// adapted weight of `weights` (HF names, `model.layers.{i}.{parent}.{module}.weight`) and
+    /// casts the result to `dtype`: PEFT's `merge_and_unload`.
+    ///
+    /// # Errors
+    /// An adapted weight missing from `weights`, or a tensor failure.
+    pub fn merge_into(
+        &self,
+        weights: &mut BTreeMap<String, Tensor>,
+        dtype: DType,
+    ) -> Result<(), ModelError> {
+        let s = self.settings.scale();
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (m, ad) in layer {
+                let name = format!("model.layers.{i}.{}.{m}.weight", projection_parent(m));
+                let w = weights
+                    .get(&name)
+                    .ok_or_else(|| ModelError::MissingParameter(name.clone()))?
+                    .to_dtype(ad.a.dtype())?;
+                let ba = ad.b.as_tensor().matmul(ad.a.as_tensor())?;
+                let merged = (w + ba.affine(s, 0.0)?)?.to_dtype(dtype)?;
+                weights.insert(name, merged);
+            }
+        }
+        Ok(())
     }
 
     /// The adapter of `module` in layer `layer`, if targeted.
@@ -265,6 +315,28 @@ impl Lora {
     }
 }
 
+/// Every targeted module must be a projection of the model (of its first layer: all layers
+/// have the same).
+fn check_modules(
+    settings: &LoraSettings,
+    shapes: &[BTreeMap<String, (usize, usize)>],
+) -> Result<(), ModelError> {
+    let Some(first) = shapes.first() else {
+        return Ok(());
+    };
+    if let Some(m) = settings
+        .target_modules
+        .iter()
+        .find(|m| !first.contains_key(*m))
+    {
+        return Err(ModelError::Config(format!(
+            "`lora.target_modules`: `{m}` is not a projection of this model (it has {})",
+            first.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// The inverted-dropout mask of projection `module` in layer `layer` for inputs of shape
 /// `(rows, seq, in)`: each element is kept with probability `1 - p` and then `1/(1-p)`, else
 /// 0. Element `(i, t, j)` is decided by `mix64` of row `i`'s key, the layer, the projection and
@@ -280,10 +352,10 @@ pub fn dropout_mask(
     module: &str,
     p: f64,
 ) -> Vec<f32> {
-    let module_id = LLAMA_PROJECTIONS
+    let module_id = ALL_PROJECTIONS
         .iter()
         .position(|m| *m == module)
-        .unwrap_or(LLAMA_PROJECTIONS.len()) as u64;
+        .unwrap_or(ALL_PROJECTIONS.len()) as u64;
     let keep = (1.0 / (1.0 - p)) as f32;
     // Drop when the 53-bit uniform falls below p.
     let threshold = (p * (1u64 << 53) as f64) as u64;

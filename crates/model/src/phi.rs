@@ -4,12 +4,14 @@
 
 use super::batch::TokenBatch;
 use super::error::ModelError;
-use super::fused::{linear, merge_heads, split_heads, RopeTables};
+use super::fused::{frozen, linear, merge_heads, split_heads, RopeTables};
 use super::init::SplitMix64;
 use super::kv_cache::{positions, run_blocks, Attend, KvCache};
 use super::layers::layer_norm;
 use super::layers::param as w;
 use super::lm::CausalLm;
+use super::lora::Lora;
+use super::quantized::Frozen;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -215,6 +217,8 @@ struct Lin {
 }
 
 struct PhiLayer {
+    /// The layer's index (its LoRA adapters' key).
+    index: usize,
     ln_w: Var,
     ln_b: Var,
     q: Lin,
@@ -223,6 +227,20 @@ struct PhiLayer {
     dense: Lin,
     fc1: Lin,
     fc2: Lin,
+}
+
+impl PhiLayer {
+    /// The projections by PEFT module name.
+    fn projections(&self) -> [(&'static str, &Lin); 6] {
+        [
+            ("q_proj", &self.q),
+            ("k_proj", &self.k),
+            ("v_proj", &self.v),
+            ("dense", &self.dense),
+            ("fc1", &self.fc1),
+            ("fc2", &self.fc2),
+        ]
+    }
 }
 
 /// A Phi causal LM whose parameters are trainable candle [`Var`]s.
@@ -236,6 +254,8 @@ pub struct Phi {
     ln_b: Var,
     head: Lin,
     layers: Vec<PhiLayer>,
+    /// LoRA adapters: when present they are the only trainable parameters.
+    lora: Option<Lora>,
 }
 
 impl std::fmt::Debug for Phi {
@@ -323,6 +343,7 @@ impl Phi {
             .map(|i| {
                 let p = format!("model.layers.{i}");
                 PhiLayer {
+                    index: i,
                     ln_w: get(&format!("{p}.input_layernorm.weight")),
                     ln_b: get(&format!("{p}.input_layernorm.bias")),
                     q: lin(&format!("{p}.self_attn.q_proj")),
@@ -353,7 +374,81 @@ impl Phi {
             embed,
             head,
             layers,
+            lora: None,
         })
+    }
+
+    /// Per layer, the `(out, in)` shape of each projection LoRA can target
+    /// ([`crate::lora::PHI_PROJECTIONS`]).
+    pub fn projection_shapes(&self) -> Vec<BTreeMap<String, (usize, usize)>> {
+        self.layers
+            .iter()
+            .map(|l| {
+                l.projections()
+                    .into_iter()
+                    .filter_map(|(n, p)| Some((n.to_string(), p.w.dims2().ok()?)))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Attaches LoRA adapters: from now on they are [`CausalLm::params`] (the trainable
+    /// parameters) and the base weights are frozen.
+    pub fn set_lora(&mut self, lora: Lora) {
+        self.lora = Some(lora);
+    }
+
+    /// The adapters, if attached.
+    pub fn lora(&self) -> Option<&Lora> {
+        self.lora.as_ref()
+    }
+
+    /// The base model's parameters by HF name (also with adapters attached).
+    pub fn base_params(&self) -> &BTreeMap<String, Var> {
+        &self.params
+    }
+
+    /// The base weights with the adapters merged in (`W + s B A`, see
+    /// [`Lora::merge_into`]); without adapters, the base weights.
+    ///
+    /// # Errors
+    /// A tensor failure.
+    pub fn merged_tensors(&self) -> Result<BTreeMap<String, Tensor>, ModelError> {
+        let mut out: BTreeMap<String, Tensor> = self
+            .params
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+            .collect();
+        if let Some(lora) = &self.lora {
+            lora.merge_into(&mut out, self.dtype)?;
+        }
+        Ok(out)
+    }
+
+    /// Whether base weights join the graph (not when adapters are attached: frozen base).
+    fn track_base(&self, track: bool) -> bool {
+        track && self.lora.is_none()
+    }
+
+    /// `x W^T + b` of projection `module` of layer `layer`, plus its LoRA delta when adapted
+    /// (then the base is frozen).
+    fn proj(
+        &self,
+        (layer, module): (usize, &str),
+        x: &Tensor,
+        p: &Lin,
+        track: bool,
+        dropout_keys: &[u64],
+    ) -> candle_core::Result<Tensor> {
+        let Some(lora) = &self.lora else {
+            return linear(x, &w(&p.w, track), Some(&w(&p.b, track)));
+        };
+        let base = Frozen::Dense(p.w.as_tensor().detach());
+        let b = p.b.as_tensor().detach();
+        match lora.get(layer, module) {
+            None => frozen(x, &base, Some(&b)),
+            Some(ad) => lora.forward(ad, (layer, module), x, &base, Some(&b), track, dropout_keys),
+        }
     }
 
     /// The configuration.
@@ -372,7 +467,8 @@ impl Phi {
         batch.validate(self.cfg.vocab_size)?;
         let (rows, seq, d) = (batch.rows, batch.seq_len, self.cfg.hidden_size);
         let ids = Tensor::from_slice(&batch.input_ids, rows * seq, &self.device)?;
-        let x = w(&self.embed, track)
+        let tb = self.track_base(track);
+        let x = w(&self.embed, tb)
             .index_select(&ids, 0)?
             .reshape((rows, seq, d))?;
         let start = cache.as_ref().map_or(0, |c| c.len());
@@ -385,13 +481,14 @@ impl Phi {
             self.dtype,
             &self.device,
         )?;
+        let keys = &batch.dropout_keys;
         let x = run_blocks(x, &self.layers, batch, cache, |x, l, attend| {
-            self.block(x, l, &tables, attend, track)
+            self.block(x, l, &tables, attend, track, keys)
         })?;
         Ok(layer_norm(
             &x,
-            &w(&self.ln_w, track),
-            &w(&self.ln_b, track),
+            &w(&self.ln_w, tb),
+            &w(&self.ln_b, tb),
             self.cfg.layer_norm_eps,
         )?)
     }
@@ -403,31 +500,29 @@ impl Phi {
         tables: &RopeTables,
         attend: Attend<'_>,
         track: bool,
+        dropout_keys: &[u64],
     ) -> candle_core::Result<Tensor> {
         let (nh, nkv, hd) = (
             self.cfg.num_attention_heads,
             self.cfg.kv_heads(),
             self.cfg.head_dim(),
         );
-        let lin = |x: &Tensor, p: &Lin| linear(x, &w(&p.w, track), Some(&w(&p.b, track)));
-        let h = layer_norm(
-            x,
-            &w(&l.ln_w, track),
-            &w(&l.ln_b, track),
-            self.cfg.layer_norm_eps,
-        )?;
-        let q = split_heads(&lin(&h, &l.q)?, nh, Some(tables))?;
-        let k = split_heads(&lin(&h, &l.k)?, nkv, Some(tables))?;
-        let v = split_heads(&lin(&h, &l.v)?, nkv, None)?;
+        let i = l.index;
+        let lin = |x: &Tensor, m: &str, p: &Lin| self.proj((i, m), x, p, track, dropout_keys);
+        let tb = self.track_base(track);
+        let h = layer_norm(x, &w(&l.ln_w, tb), &w(&l.ln_b, tb), self.cfg.layer_norm_eps)?;
+        let q = split_heads(&lin(&h, "q_proj", &l.q)?, nh, Some(tables))?;
+        let k = split_heads(&lin(&h, "k_proj", &l.k)?, nkv, Some(tables))?;
+        let v = split_heads(&lin(&h, "v_proj", &l.v)?, nkv, None)?;
         let o = merge_heads(&attend.run(&q, &k, &v, 1.0 / (hd as f64).sqrt())?)?;
-        let attn = lin(&o, &l.dense)?;
-        let f = lin(&h, &l.fc1)?;
+        let attn = lin(&o, "dense", &l.dense)?;
+        let f = lin(&h, "fc1", &l.fc1)?;
         let f = if self.cfg.hidden_act == "gelu" {
             f.gelu_erf()?
         } else {
             f.gelu()?
         };
-        let mlp = lin(&f, &l.fc2)?;
+        let mlp = lin(&f, "fc2", &l.fc2)?;
         (x + attn)? + mlp
     }
 }
@@ -447,7 +542,8 @@ impl CausalLm for Phi {
     }
 
     fn head(&self, track: bool) -> (Tensor, Option<Tensor>) {
-        (w(&self.head.w, track), Some(w(&self.head.b, track)))
+        let tb = self.track_base(track);
+        (w(&self.head.w, tb), Some(w(&self.head.b, tb)))
     }
 
     fn head_names(&self) -> (&'static str, Option<&'static str>) {
@@ -460,7 +556,10 @@ impl CausalLm for Phi {
     }
 
     fn params(&self) -> &BTreeMap<String, Var> {
-        &self.params
+        match &self.lora {
+            Some(l) => l.params(),
+            None => &self.params,
+        }
     }
 
     fn vocab_size(&self) -> usize {

@@ -485,3 +485,78 @@ fn gradients_with_dropout_match_finite_differences_and_eval_has_none() {
         .sum();
     assert!((eval - plain).abs() < 1e-10, "{eval} vs {plain}");
 }
+
+fn phi(dtype: DType) -> Model {
+    let mut cfg = model::PhiConfig::tiny(50, 24, 2, 2);
+    cfg.intermediate_size = 40;
+    model::Phi::new_random(cfg, 6, 0.2, dtype, &Device::Cpu)
+        .unwrap()
+        .into()
+}
+
+#[test]
+fn phi_adapters_use_its_projection_names_and_match_finite_differences() {
+    use model::lora::PHI_PROJECTIONS;
+    let b = batch();
+    // A fresh adapter on every Phi projection leaves the logits bit for bit unchanged.
+    let want = phi(DType::F32).logits(&b).unwrap();
+    let mut m = phi(DType::F32);
+    assert_eq!(m.lora_projections(), &PHI_PROJECTIONS);
+    m.attach_lora(settings(3, &PHI_PROJECTIONS), 1, None)
+        .unwrap();
+    assert_eq!(
+        want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        m.logits(&b)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    );
+    // PEFT's names for Phi's modules, e.g. `...self_attn.dense.lora_A.weight` (r, in).
+    let names: Vec<&String> = m.params().keys().collect();
+    assert_eq!(names.len(), 2 * 6 * 2);
+    let dense_a = &m.params()["base_model.model.model.layers.1.self_attn.dense.lora_A.weight"];
+    assert_eq!(dense_a.dims(), [3, 24]);
+    let fc2_b = &m.params()["base_model.model.model.layers.0.mlp.fc2.lora_B.weight"];
+    assert_eq!(fc2_b.dims(), [24, 3]);
+
+    // Merged == unmerged, and the adapters change the output.
+    perturb_b(&m, 0.05);
+    let unmerged = m.logits(&b).unwrap();
+    let merged = m.merged().unwrap();
+    assert!(merged.lora().is_none());
+    let diff = max_abs_diff(&unmerged, &merged.logits(&b).unwrap());
+    assert!(diff < 1e-5, "{diff}");
+    assert!(max_abs_diff(&unmerged, &want) > 1e-2);
+
+    // Gradients (f64, dropout on) only for the adapters, equal to finite differences.
+    let mut m = phi(DType::F64);
+    let mut s = settings(2, &["dense", "fc1", "q_proj"]);
+    s.dropout = 0.25;
+    m.attach_lora(s, 3, None).unwrap();
+    perturb_b(&m, 0.1);
+    let mut b = batch();
+    b.dropout_keys = vec![11, 12, 13, 14];
+    let scale = [0.6, 1.4];
+    let opts = LossOptions {
+        chunk_elems: 3 * 50,
+    };
+    let out = m.forward_backward(&b, &scale, opts).unwrap();
+    assert_eq!(
+        out.grads.keys().collect::<Vec<_>>(),
+        m.params().keys().collect::<Vec<_>>()
+    );
+    let objective = |m: &Model| -> f64 {
+        let grads = m.forward_backward(&b, &scale, opts).unwrap();
+        grads.report.objective
+    };
+    check_against_finite_differences(&m, &out.grads, objective);
+
+    // A Llama module name on Phi is refused, naming what Phi has.
+    let err = phi(DType::F32)
+        .attach_lora(settings(2, &["gate_proj"]), 1, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("gate_proj") && err.contains("fc1"), "{err}");
+}

@@ -114,6 +114,33 @@ fn qlora(job: &Job) -> Vec<String> {
     ]
 }
 
+/// LoRA (`"all-linear"`: Phi's q/k/v_proj, dense, fc1, fc2) with dropout 0.1 on a random Phi
+/// base (width 16, 1 layer) saved in the job's `phi/`.
+fn phi_lora(job: &Job) -> Vec<String> {
+    let base = job.dir.path().join("phi");
+    if !base.exists() {
+        let cfg = load(job, &[] as &[&str]);
+        let (enc, _) = load_data(&cfg).unwrap();
+        let pc = model::PhiConfig::tiny(enc.vocab_size(), 16, 1, 2);
+        let m = model::Phi::new_random(
+            pc,
+            4,
+            0.05,
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        model::checkpoint::save_hf_dir(&m.into(), &base).unwrap();
+    }
+    vec![
+        "lora.enabled=true".into(),
+        "lora.r=4".into(),
+        "lora.alpha=8.0".into(),
+        "lora.dropout=0.1".into(),
+        format!("model.path=\"{}\"", base.display()),
+    ]
+}
+
 /// LoRA as [`lora`] with dropout 0.2 on the adapters' input.
 fn lora_dropout(job: &Job) -> Vec<String> {
     let mut s = lora(job);
@@ -165,6 +192,23 @@ fn lora_resume_from_the_checkpointer_equals_an_uninterrupted_run() {
 #[test]
 fn qlora_resume_from_the_checkpointer_equals_an_uninterrupted_run() {
     resume_equals_uninterrupted(qlora);
+}
+
+#[test]
+fn phi_lora_resume_from_the_checkpointer_equals_an_uninterrupted_run() {
+    resume_equals_uninterrupted(phi_lora);
+    // Every Phi projection is adapted: 6 modules x (A, B).
+    let job = Job::new("");
+    let cfg = load(&job, &phi_lora(&job));
+    let comm = collectives::Local::new();
+    with_trainer(&cfg, &comm, None, |t, _| {
+        let names: Vec<String> = params_of(t).into_keys().collect();
+        assert_eq!(names.len(), 12, "{names:?}");
+        assert!(names
+            .iter()
+            .any(|n| n.ends_with("self_attn.dense.lora_A.weight")));
+        assert!(names.iter().any(|n| n.ends_with("mlp.fc2.lora_B.weight")));
+    });
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! `coba-dist check --config F`: validate a configuration without training.
 
 use super::ExitError;
-use crate::train::config::{self, Sources, TrainConfig};
+use crate::train::config::{self, Sources, TargetModules, TrainConfig};
 use crate::train::{AllRanks, Resume};
 use anyhow::{anyhow, Context};
 use clap::Args;
@@ -238,7 +238,10 @@ pub fn check(args: &CheckArgs) -> Result<(), ExitError> {
                 l.r,
                 l.alpha,
                 l.scale(),
-                l.target_modules.join(", "),
+                match &cfg.lora.target_modules {
+                    TargetModules::All(a) => a.clone(),
+                    TargetModules::List(_) => l.target_modules.join(", "),
+                },
                 match cfg.lora.quantize_base.as_str() {
                     "none" => "dense".to_string(),
                     q => format!("quantized ({q}, QLoRA)"),

@@ -79,7 +79,10 @@ pub fn build_model(cfg: &TrainConfig, tokenizer_vocab: usize) -> Result<Model> {
         model.quantize_base(f).context("lora.quantize_base")?;
     }
     if cfg.lora.enabled {
-        let settings = cfg.lora.settings().map_err(anyhow::Error::msg)?;
+        let settings = cfg
+            .lora
+            .settings_for(model.lora_projections())
+            .map_err(anyhow::Error::msg)?;
         model
             .attach_lora(settings, cfg.train.seed, None)
             .context("[lora]")?;
@@ -245,7 +248,7 @@ fn resume_adapters(
     let (saved, tensors) = model::checkpoint::load_adapter(&adir, &Device::Cpu).bad_input()?;
     let settings = cfg
         .lora
-        .settings()
+        .settings_for(model.lora_projections())
         .map_err(anyhow::Error::msg)
         .bad_input()?;
     resume_rules::check_adapter(&saved.settings(), &settings, &adir).bad_input()?;

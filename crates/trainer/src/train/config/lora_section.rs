@@ -81,14 +81,24 @@ impl LoraSection {
         }
     }
 
-    /// The model crate's settings (`target_modules` expanded and sorted).
+    /// The model crate's settings for a Llama-family model (see [`LoraSection::settings_for`]);
+    /// what validation checks before a model exists.
+    ///
+    /// # Errors
+    /// As [`LoraSection::settings_for`].
+    pub fn settings(&self) -> Result<LoraSettings, String> {
+        self.settings_for(&LLAMA_PROJECTIONS)
+    }
+
+    /// The model crate's settings, `"all-linear"` expanded to `projections` (the model's:
+    /// [`model::Model::lora_projections`]), the list sorted.
     ///
     /// # Errors
     /// A string other than `"all-linear"`, or invalid settings (message names the key).
-    pub fn settings(&self) -> Result<LoraSettings, String> {
+    pub fn settings_for(&self, projections: &[&str]) -> Result<LoraSettings, String> {
         let mut target_modules = match &self.target_modules {
             TargetModules::All(s) if s == "all-linear" => {
-                LLAMA_PROJECTIONS.iter().map(|m| m.to_string()).collect()
+                projections.iter().map(|m| m.to_string()).collect()
             }
             TargetModules::All(s) => {
                 return Err(format!(
