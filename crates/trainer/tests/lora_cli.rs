@@ -210,6 +210,36 @@ fn lora_run_writes_peft_adapters_that_eval_and_merge_read() {
         from_ckpt.to_str().unwrap(),
     ]));
     assert!(from_ckpt.join("model.safetensors").is_file());
+    // --dtype bf16: the f32 merge rounded once to bf16, and config.json says so.
+    let bf16 = job.dir.path().join("merged-bf16");
+    ok(&coba_dist(&[
+        "merge",
+        "--adapter",
+        best.to_str().unwrap(),
+        "--out",
+        bf16.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+    ]));
+    let config = std::fs::read_to_string(bf16.join("config.json")).unwrap();
+    assert!(config.contains("\"bfloat16\""), "{config}");
+    let load = |d: &std::path::Path| {
+        model::checkpoint::load_model(d, candle_core::DType::F32, &candle_core::Device::Cpu)
+            .unwrap()
+            .merged_tensors()
+            .unwrap()
+    };
+    let (f32_w, bf16_w) = (load(&merged), load(&bf16));
+    assert_eq!(f32_w.len(), bf16_w.len());
+    for (n, t) in &f32_w {
+        let rounded = t
+            .to_dtype(candle_core::DType::BF16)
+            .and_then(|t| t.to_dtype(candle_core::DType::F32))
+            .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+            .unwrap();
+        let got = bf16_w[n].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(rounded, got, "{n}");
+    }
     let cfg_path = job.config();
     let mut check = vec!["check", "--config", cfg_path.to_str().unwrap()];
     check.extend(&sets);

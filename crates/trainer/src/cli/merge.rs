@@ -1,13 +1,15 @@
 //! `coba-dist merge --adapter DIR [--base PATH] --out DIR`: LoRA adapters (PEFT directory,
 //! e.g. a run's `best/`) merged into their base, written as a full HF model: `W += s B A`
-//! computed in f32 (PEFT's `merge_and_unload`). `tokenizer.json` and `template.json` next to
-//! the adapters are copied along.
+//! computed in f32 (PEFT's `merge_and_unload`), written in f32 or, with `--dtype`, cast to
+//! bf16/f16 (a 16-bit base's own size). `tokenizer.json` and `template.json` next to the
+//! adapters are copied along.
 
 use super::model_path::bad_input;
 use super::ExitError;
 use anyhow::Context;
 use candle_core::{DType, Device};
 use clap::Args;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// `--out` must be a new or empty directory: writing into the adapter or base directory
@@ -38,6 +40,30 @@ pub struct MergeArgs {
     /// Where the merged HF model goes: a new or empty directory.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// The dtype of the written weights (the merge itself is computed in f32).
+    #[arg(long, value_enum, default_value_t = MergeDtype::F32)]
+    dtype: MergeDtype,
+}
+
+/// `merge --dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MergeDtype {
+    /// float32.
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// float16.
+    F16,
+}
+
+impl MergeDtype {
+    fn dtype(self) -> DType {
+        match self {
+            MergeDtype::F32 => DType::F32,
+            MergeDtype::Bf16 => DType::BF16,
+            MergeDtype::F16 => DType::F16,
+        }
+    }
 }
 
 /// Merges and writes.
@@ -58,7 +84,22 @@ pub fn run(args: &MergeArgs) -> Result<(), ExitError> {
         error: e.into(),
     })?;
     let io = |e: anyhow::Error| ExitError { code: 1, error: e };
-    model::checkpoint::save_hf_dir(&merged, &args.out)
+    let dtype = args.dtype.dtype();
+    let tensors = merged
+        .merged_tensors()
+        .and_then(|t| {
+            t.into_iter()
+                .map(|(n, t)| Ok((n, t.to_dtype(dtype)?)))
+                .collect::<Result<BTreeMap<_, _>, model::ModelError>>()
+        })
+        .map_err(|e| io(e.into()))?;
+    let parts = model::checkpoint::HfParts {
+        config_json: &merged.config_json(),
+        model_type: merged.model_type(),
+        dtype,
+        tensors: &tensors,
+    };
+    model::checkpoint::save_hf_parts(&parts, &args.out)
         .with_context(|| format!("--out {}", args.out.display()))
         .map_err(io)?;
     for f in ["tokenizer.json", "template.json"] {
