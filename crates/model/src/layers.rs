@@ -33,25 +33,43 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     y.reshape(out)
 }
 
+/// The dtype statistics are computed in: f32 for 16-bit inputs (whose sums of squares and
+/// exponentials lose too much in 16 bits), the input's own dtype otherwise.
+pub fn compute_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::BF16 | DType::F16 => DType::F32,
+        other => other,
+    }
+}
+
 /// RMSNorm over the last dim: `x / sqrt(mean(x^2) + eps) * w` (Zhang & Sennrich 2019; HF
-/// `LlamaRMSNorm`). `x` is `(.., d)`, `w` is `(d)`.
+/// `LlamaRMSNorm`). `x` is `(.., d)`, `w` is `(d)`. A 16-bit `x` is normalised in f32 and
+/// rounded back before the weight multiplies it, as HF does
+/// (`weight * hidden_states.to(input_dtype)`).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let xf = x.to_dtype(compute_dtype(x.dtype()))?;
+    let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = ms.affine(1.0, eps)?.sqrt()?.recip()?;
-    x.broadcast_mul(&inv)?.broadcast_mul(w)
+    xf.broadcast_mul(&inv)?
+        .to_dtype(x.dtype())?
+        .broadcast_mul(w)
 }
 
 /// Softmax over the last dim. The row maximum is subtracted (detached: softmax is invariant
-/// to the shift, so this changes no gradient).
+/// to the shift, so this changes no gradient). A 16-bit `x` is computed in f32 and the
+/// probabilities rounded back (HF's eager attention: `softmax(.., dtype=float32).to(dtype)`).
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
+    let xf = x.to_dtype(compute_dtype(x.dtype()))?;
+    let max = xf.max_keepdim(D::Minus1)?.detach();
+    let e = xf.broadcast_sub(&max)?.exp()?;
     let s = e.sum_keepdim(D::Minus1)?;
-    e.broadcast_div(&s)
+    e.broadcast_div(&s)?.to_dtype(x.dtype())
 }
 
-/// Log-softmax over the last dim (same shift as [`softmax_last`]).
+/// Log-softmax over the last dim (same shift as [`softmax_last`]). A 16-bit `x` gives f32
+/// log-probabilities (a loss is never rounded to 16 bits).
 pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
+    let x = x.to_dtype(compute_dtype(x.dtype()))?;
     let max = x.max_keepdim(D::Minus1)?.detach();
     let shifted = x.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
@@ -142,13 +160,18 @@ pub fn attention_mask(
 }
 
 /// LayerNorm over the last dim (Ba et al. 2016): `(x - mean) / sqrt(var + eps) * w + b`,
-/// biased variance as PyTorch. `x` is `(.., d)`, `w` and `b` are `(d)`.
+/// biased variance as PyTorch. `x` is `(.., d)`, `w` and `b` are `(d)`. A 16-bit `x` is
+/// normalised in f32 (mean and variance) and rounded back before the affine part.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let xc = x.broadcast_sub(&mean)?;
+    let xf = x.to_dtype(compute_dtype(x.dtype()))?;
+    let mean = xf.mean_keepdim(D::Minus1)?;
+    let xc = xf.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = var.affine(1.0, eps)?.sqrt()?.recip()?;
-    xc.broadcast_mul(&inv)?.broadcast_mul(w)?.broadcast_add(b)
+    xc.broadcast_mul(&inv)?
+        .to_dtype(x.dtype())?
+        .broadcast_mul(w)?
+        .broadcast_add(b)
 }
 
 /// Rotary embeddings on the first `rot` features of the last dim only (partial rotary, as

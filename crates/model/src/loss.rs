@@ -115,8 +115,9 @@ pub(crate) fn forward_backward<M: CausalLm + ?Sized>(
         let idx = Tensor::from_slice(chunk, chunk.len(), m.device())?;
         let hc = Var::from_tensor(&h_det.index_select(&idx, 0)?)?;
         let nll = chunk_nll(hc.as_tensor(), &lm, lm_b.as_ref(), batch, chunk)?;
+        // In the loss's dtype (f32 for a 16-bit model).
         let scale_t =
-            Tensor::from_vec(scale.clone(), chunk.len(), m.device())?.to_dtype(m.dtype())?;
+            Tensor::from_vec(scale.clone(), chunk.len(), m.device())?.to_dtype(nll.dtype())?;
         let obj = (&nll * &scale_t)?.sum_all()?;
         let grads = obj.backward()?;
         record(&mut report, batch, chunk, &nll, Some(&scale))?;

@@ -340,7 +340,7 @@ fn lora_settings_errors_name_the_setting() {
         .attach_lora(settings(2, &all()), 1, None)
         .unwrap_err()
         .to_string()
-        .contains("Llama family"));
+        .contains("is not a projection of this model"));
 }
 
 /// The fused node against `x W^T (+ b) + s ((x ⊙ M) A^T) B^T` composed from plain candle ops

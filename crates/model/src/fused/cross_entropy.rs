@@ -6,8 +6,9 @@ use crate::layers::log_softmax_last;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use std::sync::Arc;
 
-/// Negative log-likelihood of `labels` under `softmax(logits)`: `logits` is `(n, vocab)`
-/// (f32/f64), `labels` has `n` ids below `vocab`; returns `(n)` in nats, same dtype.
+/// Negative log-likelihood of `labels` under `softmax(logits)`: `logits` is `(n, vocab)`,
+/// `labels` has `n` ids below `vocab`; returns `(n)` in nats, in the logits' dtype, or in f32
+/// for 16-bit logits (cast up first, as HF's `logits.float()` before the loss).
 ///
 /// Differentiable in `logits`. On the CPU one fused pass forward and one backward replace
 /// log-softmax + gather (which write four `(n, vocab)` tensors forward and more backward).
@@ -22,6 +23,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &[u32]) -> Result<Tensor> {
     if let Some(&bad) = labels.iter().find(|&&l| l as usize >= vocab) {
         bail!("cross_entropy: label {bad} >= vocab {vocab}");
     }
+    let logits = &logits.to_dtype(crate::layers::compute_dtype(logits.dtype()))?;
     if fused_ok(logits) {
         let op = CrossEntropy {
             labels: labels.into(),
