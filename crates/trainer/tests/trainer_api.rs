@@ -31,11 +31,11 @@ fn params_of(t: &Trainer<'_>) -> BTreeMap<String, Vec<f32>> {
         .params()
         .iter()
         .map(|(n, v)| {
+            // bf16 widens to f32 exactly.
             let x = v
                 .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
+                .to_dtype(candle_core::DType::F32)
+                .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
                 .unwrap();
             (n.clone(), x)
         })
@@ -141,6 +141,11 @@ fn phi_lora(job: &Job) -> Vec<String> {
     ]
 }
 
+/// Full fine-tuning in bf16 (f32 master weights in the optimizer).
+fn bf16(_: &Job) -> Vec<String> {
+    vec!["train.dtype=\"bf16\"".into()]
+}
+
 /// LoRA as [`lora`] with dropout 0.2 on the adapters' input.
 fn lora_dropout(job: &Job) -> Vec<String> {
     let mut s = lora(job);
@@ -209,6 +214,67 @@ fn phi_lora_resume_from_the_checkpointer_equals_an_uninterrupted_run() {
             .any(|n| n.ends_with("self_attn.dense.lora_A.weight")));
         assert!(names.iter().any(|n| n.ends_with("mlp.fc2.lora_B.weight")));
     });
+}
+
+#[test]
+fn bf16_resume_from_the_checkpointer_equals_an_uninterrupted_run() {
+    resume_equals_uninterrupted(bf16);
+}
+
+#[test]
+fn a_bf16_run_trains_with_f32_master_weights_and_resumes_only_in_bf16() {
+    use model::CausalLm;
+    let comm = collectives::Local::new();
+    let job = Job::new("");
+    let cfg = load(&job, &bf16(&job));
+    let losses = with_trainer(&cfg, &comm, None, |t, plan| {
+        assert_eq!(t.model.dtype(), candle_core::DType::BF16);
+        let l = drive(t, 6);
+        // Every parameter has an f32 master whose rounding is the parameter.
+        for (n, v) in t.model.params() {
+            let m = t.opt.master(n).expect("a master copy");
+            assert_eq!(m.dtype(), candle_core::DType::F32);
+            // Compared widened to f32 (exact for bf16 values).
+            let widen = |t: &candle_core::Tensor| {
+                t.to_dtype(candle_core::DType::F32)
+                    .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+                    .unwrap()
+            };
+            let rounded = m.to_dtype(candle_core::DType::BF16).unwrap();
+            assert_eq!(widen(&rounded), widen(v.as_tensor()), "{n}");
+        }
+        let mut c = Checkpointer::new(plan.checkpoint_settings(&cfg).unwrap(), 0, None);
+        c.after_step(t, true, false, None).unwrap();
+        c.finish().unwrap();
+        l
+    });
+    // The run learns: the mean training loss of the last steps is below the first step's.
+    let mean = |s: &[Option<f64>]| {
+        let v: Vec<f64> = s.iter().flatten().copied().collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    assert!(mean(&losses[5]) < mean(&losses[0]), "{losses:?}");
+    // The checkpoint holds a bf16 HF model.
+    let ckpt = state::checkpoints_dir(&cfg.output_dir).join(state::step_dir_name(6));
+    let config = std::fs::read_to_string(ckpt.join("model/config.json")).unwrap();
+    assert!(config.contains("\"bfloat16\""), "{config}");
+    // A resume in f32 is refused, naming both dtypes.
+    let cfg2 = load(&job, &["train.dtype=\"f32\"", "train.max_steps=8"]);
+    let (enc, ds) = load_data(&cfg2).unwrap();
+    let (plan, sampler) = Plan::new(&cfg2, &comm, &ds).unwrap();
+    let err = setup::start(
+        &cfg2,
+        &comm,
+        &ds,
+        enc.vocab_size(),
+        &plan,
+        sampler,
+        Some(&ckpt),
+    )
+    .err()
+    .expect("an f32 resume of a bf16 run is refused")
+    .to_string();
+    assert!(err.contains("bf16") && err.contains("f32"), "{err}");
 }
 
 #[test]

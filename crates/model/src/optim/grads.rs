@@ -45,12 +45,15 @@ pub fn clip_grad_norm(grads: &mut Gradients, max_norm: f64) -> Result<f64> {
     Ok(norm)
 }
 
-/// Adds `g` into the running sum `acc` (gradient accumulation); `acc` starts empty.
+/// Adds `g` into the running sum `acc` (gradient accumulation); `acc` starts empty. 16-bit
+/// gradients are summed in f32 (the sum of micro-batches would lose their small parts in
+/// bf16), so `acc` holds f32 for a bf16 model: what the all-reduce and the optimizer take.
 ///
 /// # Errors
 /// Mismatched shapes between micro-batches.
 pub fn accumulate(acc: &mut Gradients, g: Gradients) -> Result<()> {
     for (name, t) in g {
+        let t = t.to_dtype(crate::layers::compute_dtype(t.dtype()))?;
         match acc.get_mut(&name) {
             Some(a) => *a = (&*a + &t)?,
             None => {

@@ -241,6 +241,23 @@ pub fn check_adapter_base(saved: Option<&str>, now: Option<&str>, dir: &Path) ->
     }
 }
 
+/// The model dtype (`train.dtype` resolved) must be the run's: a bf16 run continues from its
+/// f32 master weights, an f32 run has none. A checkpoint without the record was f32.
+///
+/// # Errors
+/// Names both dtypes.
+pub fn check_dtype(saved: Option<&str>, now: &str, dir: &Path) -> Result<()> {
+    let saved = saved.unwrap_or("f32");
+    if saved != now {
+        bail!(
+            "{}: the run trained in {saved}, the configuration asks for {now} (train.dtype): \
+             resume with train.dtype = \"{saved}\"",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// A LoRA run's base quantization (`lora.quantize_base`) must be the run's: adapters trained
 /// against one rounding of the base continue on another only by mistake. A checkpoint without
 /// the record (older versions) had a dense base.

@@ -1,7 +1,7 @@
 //! Setting a run up: the model, the data, the checks that need no data, a fresh or resumed
 //! [`Trainer`] for a [`Plan`], and rank 0's metric sinks.
 
-use super::config::{BaseQuant, TrainConfig};
+use super::config::{BaseQuant, TrainConfig, TrainDtype};
 use super::error::{RunError, Scoped};
 use super::plan::Plan;
 use super::state::{self, TrainState};
@@ -10,7 +10,7 @@ use super::{evaluate, resume_rules, Resume};
 use crate::metrics::sink::TensorBoard;
 use crate::metrics::{per_task, Header, MetricSinks, MetricsWriter};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use collectives::Communicator;
 use data::dataset::Dataset;
 use data::tokenize::Encoder;
@@ -21,19 +21,20 @@ use model::optim::{AdamW, AdamWConfig};
 use model::{CausalLm, Llama, LlamaConfig, Model, TaskLoss};
 use std::path::Path;
 
-/// Builds or loads the model of `[model]` (f32 on CPU).
+/// Builds or loads the model of `[model]` on the CPU, in `train.dtype`.
 ///
 /// # Errors
 /// Unreadable checkpoint, invalid architecture, or a vocabulary smaller than the tokenizer's.
 pub fn build_model(cfg: &TrainConfig, tokenizer_vocab: usize) -> Result<Model> {
     let device = Device::Cpu;
+    let dtype = cfg.train.dtype.resolve(false);
     let quant = if cfg.lora.enabled {
         cfg.lora.base_quant().map_err(anyhow::Error::msg)?
     } else {
         BaseQuant::None
     };
     let mut model: Model = match (&cfg.model.path, &cfg.model.arch) {
-        (Some(p), _) if quant == BaseQuant::Gguf => load_gguf_quantized(p, DType::F32, &device)
+        (Some(p), _) if quant == BaseQuant::Gguf => load_gguf_quantized(p, dtype, &device)
             .map(Model::from)
             .with_context(|| {
                 format!(
@@ -42,7 +43,7 @@ pub fn build_model(cfg: &TrainConfig, tokenizer_vocab: usize) -> Result<Model> {
                 )
             })?,
         // A LoRA model (adapter directory) is trained on further as its merged weights.
-        (Some(p), _) => load_model(p, DType::F32, &device)
+        (Some(p), _) => load_model(p, dtype, &device)
             .and_then(|m| Ok(m.merged()?))
             .with_context(|| format!("loading model.path {}", p.display()))?,
         (None, Some(a)) => {
@@ -62,7 +63,7 @@ pub fn build_model(cfg: &TrainConfig, tokenizer_vocab: usize) -> Result<Model> {
             lc.tie_word_embeddings = a.tie_word_embeddings;
             lc.rms_norm_eps = 1e-5;
             lc.max_position_embeddings = cfg.data.max_seq_len.max(512);
-            Llama::new_random(lc, cfg.train.seed, a.init_std, DType::F32, &device)
+            Llama::new_random(lc, cfg.train.seed, a.init_std, dtype, &device)
                 .context("[model.arch]")?
                 .into()
         }
@@ -174,6 +175,8 @@ pub fn start<'a>(
                 total_steps: plan.total_steps,
             };
             resume_rules::check_kept(&st, &kept, dir).bad_input()?;
+            let dtype = TrainDtype::name(model.dtype());
+            resume_rules::check_dtype(st.train_dtype.as_deref(), dtype, dir).bad_input()?;
             resume_rules::check_schedule(&st, &plan.step.lr_schedule, plan.total_steps, dir)
                 .bad_input()?;
             if cfg.lora.enabled {
@@ -183,7 +186,7 @@ pub fn start<'a>(
                 resume_adapters(cfg, &mut model, dir, base_path.as_deref())?;
             } else {
                 resume_rules::check_not_lora(dir).bad_input()?;
-                let saved = load_model(dir, DType::F32, &Device::Cpu)
+                let saved = load_model(dir, model.dtype(), &Device::Cpu)
                     .with_context(|| format!("loading {}", dir.display()))
                     .all_ranks()?;
                 resume_rules::check_architecture(&model, &saved, dir).bad_input()?;
@@ -205,6 +208,7 @@ pub fn start<'a>(
     st.lr_schedule = Some(plan.step.lr_schedule);
     st.total_steps = Some(plan.total_steps);
     st.probe_samples_per_task = Some(plan.probe_samples_per_task);
+    st.train_dtype = Some(TrainDtype::name(model.dtype()).to_string());
     st.lora_quantize_base = cfg
         .lora
         .enabled
@@ -303,6 +307,7 @@ fn fresh(
         total_steps: None,
         metrics_header_len: None,
         lora_quantize_base: None,
+        train_dtype: None,
         probe_samples_per_task: None,
     };
     let opt = AdamW::new(AdamWConfig {
@@ -402,8 +407,9 @@ pub fn open_sinks(
         );
     }
     tracing::info!(
-        "{} parameters, {} tasks, {} steps of {} rows on {} rank(s); method {}, W = {}, H = {}, U = {}",
+        "{} parameters ({}), {} tasks, {} steps of {} rows on {} rank(s); method {}, W = {}, H = {}, U = {}",
         trainer.model_parameters(),
+        TrainDtype::name(trainer.model.dtype()),
         names.len(),
         total_steps,
         plan.shard.global_rows(),

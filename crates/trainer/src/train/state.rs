@@ -75,6 +75,10 @@ pub struct TrainState {
     /// fine-tuning): a resume must keep the base the adapters were trained on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora_quantize_base: Option<String>,
+    /// The model dtype of the run (`"f32"` / `"bf16"`; absent in older checkpoints, which were
+    /// f32): a resume must keep it (a bf16 run's f32 master weights are in the optimizer state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_dtype: Option<String>,
 }
 
 /// An in-memory copy of everything a checkpoint holds, cheap to take between steps.

@@ -225,6 +225,45 @@ pub struct TrainSection {
     pub loss_chunk_elems: usize,
     /// Log a human line every this many steps. Default 10.
     pub log_interval: u64,
+    /// Parameter and activation dtype. Default `auto`: bf16 on a GPU, f32 on the CPU.
+    pub dtype: TrainDtype,
+}
+
+/// `train.dtype`: the model's parameters and activations. With bf16 the optimizer keeps f32
+/// master weights and moments, gradients are accumulated and all-reduced in f32, and norms,
+/// softmax and the loss compute in f32 (mixed precision as PyTorch AMP with bf16 weights).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainDtype {
+    /// bf16 on a GPU, f32 on the CPU (where bf16 takes the slower composed kernels).
+    #[default]
+    Auto,
+    /// float32 everywhere.
+    F32,
+    /// bfloat16 parameters and activations.
+    Bf16,
+}
+
+impl TrainDtype {
+    /// The candle dtype on a CPU (`gpu = false`) or GPU device.
+    pub fn resolve(self, gpu: bool) -> candle_core::DType {
+        match self {
+            TrainDtype::F32 => candle_core::DType::F32,
+            TrainDtype::Bf16 => candle_core::DType::BF16,
+            TrainDtype::Auto if gpu => candle_core::DType::BF16,
+            TrainDtype::Auto => candle_core::DType::F32,
+        }
+    }
+
+    /// The name state.json records (`"f32"` / `"bf16"`).
+    pub fn name(dtype: candle_core::DType) -> &'static str {
+        match dtype {
+            candle_core::DType::BF16 => "bf16",
+            candle_core::DType::F16 => "f16",
+            candle_core::DType::F64 => "f64",
+            _ => "f32",
+        }
+    }
 }
 
 impl Default for TrainSection {
@@ -249,6 +288,7 @@ impl Default for TrainSection {
             eval_micro_batch_size: None,
             loss_chunk_elems: 16 << 20,
             log_interval: 10,
+            dtype: TrainDtype::Auto,
         }
     }
 }
