@@ -227,8 +227,13 @@ impl Llama {
             let Some(expected) = shapes.get(name).filter(|_| name.ends_with("_proj.weight")) else {
                 return Err(ModelError::UnexpectedParameter(name.clone()));
             };
+            if params.contains_key(name) {
+                return Err(ModelError::Config(format!(
+                    "{name}: given both dense and quantized"
+                )));
+            }
             let (o, i) = q.dims();
-            if expected.as_slice() != [o, i] || params.contains_key(name) {
+            if expected.as_slice() != [o, i] {
                 return Err(ModelError::Shape {
                     name: name.clone(),
                     expected: expected.clone(),
