@@ -105,9 +105,34 @@ impl Model {
         match self {
             Model::Llama(m) => m.quantize_base(format),
             Model::Phi(_) => Err(ModelError::Unsupported(
-                "a quantized base (QLoRA) is implemented for the Llama family".into(),
+                "a quantized base (QLoRA) is implemented for the Llama family, and this model is \
+                 phi: use lora.quantize_base = \"none\""
+                    .into(),
             )),
         }
+    }
+
+    /// The base's quantization for a log line: `None` for a dense base, else e.g.
+    /// `"q4_1, 198 weights, 66.4 MiB"` (formats in order of appearance, de-duplicated).
+    pub fn quantized_summary(&self) -> Option<String> {
+        let q = self.as_llama()?.quantized();
+        if q.is_empty() {
+            return None;
+        }
+        let mut formats: Vec<String> = Vec::new();
+        for w in q.values() {
+            let f = crate::quantized::format_name(w.format());
+            if !formats.contains(&f) {
+                formats.push(f);
+            }
+        }
+        let bytes: usize = q.values().map(|w| w.bytes()).sum();
+        Some(format!(
+            "{}, {} weights, {:.2} MiB",
+            formats.join("/"),
+            q.len(),
+            bytes as f64 / (1 << 20) as f64
+        ))
     }
 
     /// The weights to save as a full HF model: the base with any adapters merged in.

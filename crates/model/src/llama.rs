@@ -318,8 +318,10 @@ impl Llama {
             for (m, w) in l.projections_mut() {
                 let BaseWeight::Dense(v) = w else { continue };
                 let name = projection_name(index, m);
-                let q = QuantizedWeight::quantize(v.as_tensor(), format)
-                    .map_err(|e| ModelError::Config(format!("{name}: {e}")))?;
+                let q = QuantizedWeight::quantize(v.as_tensor(), format).map_err(|e| match e {
+                    ModelError::Config(m) => ModelError::Config(format!("{name}: {m}")),
+                    other => other,
+                })?;
                 let q = Arc::new(q);
                 self.params.remove(&name);
                 self.quantized.insert(name, q.clone());

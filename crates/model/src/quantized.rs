@@ -84,8 +84,10 @@ impl QuantizedWeight {
         let (out_f, in_f) = w.dims2()?;
         if in_f % format.block_size() != 0 {
             return Err(ModelError::Config(format!(
-                "a ({out_f}, {in_f}) weight cannot be quantized to {format:?}: its input size \
-                 {in_f} is not a multiple of the format's block of {}",
+                "a ({out_f}, {in_f}) weight cannot be quantized to {}: its input size {in_f} is \
+                 not a multiple of the format's block of {} (q4_0, q4_1, q5_0, q5_1 and q8_0 \
+                 have blocks of 32)",
+                format_name(format),
                 format.block_size()
             )));
         }
@@ -208,6 +210,15 @@ impl BaseWeight {
     }
 }
 
+/// The setting's name of a block format (`q4_k` for `Q4K`), the inverse of [`parse_format`].
+pub fn format_name(f: GgmlDType) -> String {
+    let debug = format!("{f:?}").to_ascii_lowercase();
+    match debug.strip_suffix('k') {
+        Some(head) if !head.ends_with('_') => format!("{head}_k"),
+        _ => debug,
+    }
+}
+
 /// The GGML block format a setting names: `q4_0`, `q4_1`, `q5_0`, `q5_1`, `q8_0`, `q2_k`,
 /// `q3_k`, `q4_k`, `q5_k`, `q6_k` (case-insensitive).
 ///
@@ -227,8 +238,8 @@ pub fn parse_format(name: &str) -> Result<GgmlDType, String> {
         "q6_k" => GgmlDType::Q6K,
         _ => {
             return Err(format!(
-                "unknown block format \"{name}\" (q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, \
-                 q4_k, q5_k, q6_k)"
+                "expected a block format (q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, \
+                 q5_k, q6_k), got \"{name}\""
             ))
         }
     };

@@ -245,7 +245,18 @@ fn lora_run_writes_peft_adapters_that_eval_and_merge_read() {
     check.extend(&sets);
     let o = coba_dist(&check);
     assert!(
-        ok(&o).contains("lora: r 4, alpha 8 (scale 2)"),
+        ok(&o).contains("lora: r 4, alpha 8 (scale 2)")
+            && text(&o).contains("trainable adapter parameters over"),
+        "{}",
+        text(&o)
+    );
+    // check loads the base: a Phi module name on this Llama base is refused before a run.
+    let mut bad = check.clone();
+    bad.extend(["--set", "lora.target_modules=[\"dense\"]"]);
+    let o = coba_dist(&bad);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("`dense` is not a projection"),
         "{}",
         text(&o)
     );

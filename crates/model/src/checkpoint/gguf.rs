@@ -96,7 +96,15 @@ fn load_gguf_with(
 ) -> Result<Llama, CheckpointError> {
     let mut file = std::fs::File::open(path).map_err(|e| CheckpointError::io(path, e))?;
     let mut reader = std::io::BufReader::new(&mut file);
-    let content = Content::read(&mut reader).map_err(|e| CheckpointError::format(path, e))?;
+    let content = Content::read(&mut reader).map_err(|e| {
+        CheckpointError::format(
+            path,
+            format!(
+                "not a readable GGUF file ({e}); a model path is a Hugging Face directory, a \
+                 .gguf file, a training checkpoint or an adapter directory"
+            ),
+        )
+    })?;
     let md = &content.metadata;
     let arch = md
         .get("general.architecture")

@@ -41,7 +41,7 @@ pub struct MergeArgs {
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// The dtype of the written weights (the merge itself is computed in f32).
-    #[arg(long, value_enum, default_value_t = MergeDtype::F32)]
+    #[arg(long, value_enum, ignore_case = true, default_value_t = MergeDtype::F32)]
     dtype: MergeDtype,
 }
 

@@ -7,6 +7,7 @@ use crate::train::{AllRanks, Resume};
 use anyhow::{anyhow, Context};
 use clap::Args;
 use collectives::InitOptions;
+use model::CausalLm;
 use std::path::PathBuf;
 
 /// The embedded default job (`configs/demo.toml`), used when no `--config` is given.
@@ -173,7 +174,8 @@ pub fn fail(comm: &dyn collectives::Communicator, e: impl Into<anyhow::Error>) -
 }
 
 /// Validates a configuration: keys and ranges, then the files it names (missing data paths
-/// are warnings, so a cluster config passes on a laptop).
+/// are warnings, so a cluster config passes on a laptop). With LoRA and an existing
+/// `model.path`, the base is loaded and the adapters attached (module names, block sizes).
 pub fn check(args: &CheckArgs) -> Result<(), ExitError> {
     let cfg = load_config(Some(&args.config), &args.set)?;
     let mut warnings = Vec::new();
@@ -242,13 +244,43 @@ pub fn check(args: &CheckArgs) -> Result<(), ExitError> {
                     TargetModules::All(a) => a.clone(),
                     TargetModules::List(_) => l.target_modules.join(", "),
                 },
-                match cfg.lora.quantize_base.as_str() {
+                match cfg.lora.quantize_base.to_ascii_lowercase().as_str() {
                     "none" => "dense".to_string(),
                     q => format!("quantized ({q}, QLoRA)"),
                 }
             );
         }
+        // The model-level checks (module names, block sizes, architecture) need the base.
+        if cfg.model.path.as_ref().is_some_and(|p| p.exists()) {
+            let model = crate::train::build_model(&cfg, 0).map_err(|e| ExitError {
+                code: 2,
+                error: e.context(format!(
+                    "configuration {}: the LoRA settings do not fit model.path",
+                    args.config.display()
+                )),
+            })?;
+            let _ = writeln!(
+                text,
+                "  lora on model.path: {} trainable adapter parameters over {} base parameters{}",
+                model.num_parameters(),
+                model.base_num_parameters(),
+                match model.quantized_summary() {
+                    Some(q) => format!(", base quantized: {q}"),
+                    None => String::new(),
+                }
+            );
+        }
     }
+    let _ = writeln!(
+        text,
+        "  dtype: {} ({} on the CPU)",
+        match cfg.train.dtype {
+            config::TrainDtype::Auto => "auto",
+            config::TrainDtype::F32 => "f32",
+            config::TrainDtype::Bf16 => "bf16",
+        },
+        config::TrainDtype::name(cfg.train.dtype.resolve(false))
+    );
     if cfg.train.early_stopping_patience > 0 && cfg.train.eval_interval == 0 {
         warnings.push(
             "train.early_stopping_patience > 0 with eval_interval = 0: the only evaluation is \

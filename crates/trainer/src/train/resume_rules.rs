@@ -250,8 +250,8 @@ pub fn check_dtype(saved: Option<&str>, now: &str, dir: &Path) -> Result<()> {
     let saved = saved.unwrap_or("f32");
     if saved != now {
         bail!(
-            "{}: the run trained in {saved}, the configuration asks for {now} (train.dtype): \
-             resume with train.dtype = \"{saved}\"",
+            "{}: the run trained in {saved}, the configuration gives {now} (train.dtype; \
+             \"auto\" is f32 on the CPU): resume with train.dtype = \"{saved}\"",
             dir.display()
         );
     }
@@ -289,25 +289,54 @@ pub fn check_adapter(
     if saved == now {
         return Ok(());
     }
+    let show = |l: &model::lora::LoraSettings| {
+        format!(
+            "r {} alpha {} dropout {} target_modules {:?} use_rslora {}",
+            l.r, l.alpha, l.dropout, l.target_modules, l.use_rslora
+        )
+    };
     bail!(
-        "{}: the checkpoint's adapters were trained with r {} alpha {} target_modules {:?} \
-         use_rslora {}, the configuration says r {} alpha {} target_modules {:?} use_rslora {}: \
+        "{}: the checkpoint's adapters were trained with {}, the configuration says {}: \
          resume with the run's [lora] settings",
         dir.display(),
-        saved.r,
-        saved.alpha,
-        saved.target_modules,
-        saved.use_rslora,
-        now.r,
-        now.alpha,
-        now.target_modules,
-        now.use_rslora
+        show(saved),
+        show(now)
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adapter_settings_diff_names_the_dropout_and_old_records_mean_f32_dense() {
+        let l = |dropout: f64| model::lora::LoraSettings {
+            r: 4,
+            alpha: 8.0,
+            dropout,
+            target_modules: vec!["q_proj".into()],
+            use_rslora: false,
+        };
+        let e = check_adapter(&l(0.0), &l(0.5), Path::new("d"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("dropout 0 ") && e.contains("dropout 0.5 "),
+            "{e}"
+        );
+        assert!(check_adapter(&l(0.1), &l(0.1), Path::new("d")).is_ok());
+        // A checkpoint without the records was a dense f32 run.
+        assert!(check_dtype(None, "f32", Path::new("d")).is_ok());
+        let e = check_dtype(None, "bf16", Path::new("d"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trained in f32") && e.contains("bf16"), "{e}");
+        assert!(check_base_quant(None, "none", Path::new("d")).is_ok());
+        let e = check_base_quant(Some("q8_0"), "gguf", Path::new("d"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"q8_0\"") && e.contains("\"gguf\""), "{e}");
+    }
 
     #[test]
     fn resume_architecture_diff_names_each_field_with_both_values() {

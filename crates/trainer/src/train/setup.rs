@@ -399,11 +399,15 @@ pub fn open_sinks(
     };
     if let Some(l) = trainer.model.lora() {
         tracing::info!(
-            "LoRA: {} trainable adapter parameters (r {}, alpha {}, {}), the base frozen",
+            "LoRA: {} trainable adapter parameters (r {}, alpha {}, {}), the base frozen{}",
             trainer.model.num_parameters(),
             l.settings.r,
             l.settings.alpha,
-            l.settings.target_modules.join(", ")
+            l.settings.target_modules.join(", "),
+            match trainer.model.quantized_summary() {
+                Some(q) => format!(" and quantized (QLoRA: {q})"),
+                None => String::new(),
+            }
         );
     }
     tracing::info!(

@@ -77,7 +77,12 @@ impl LoraSection {
             "gguf" => Ok(BaseQuant::Gguf),
             other => model::quantized::parse_format(other)
                 .map(BaseQuant::Format)
-                .map_err(|e| format!("key `lora.quantize_base`: \"none\", \"gguf\" or a {e}")),
+                .map_err(|e| {
+                    format!(
+                        "key `lora.quantize_base`: \"none\", \"gguf\" or {}",
+                        e.trim_start_matches("expected ")
+                    )
+                }),
         }
     }
 
