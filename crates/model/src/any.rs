@@ -84,7 +84,14 @@ impl Model {
         let device = self.device().clone();
         let lora = match tensors {
             None => crate::lora::Lora::new(settings, &shapes, seed, dtype, &device)?,
-            Some(t) => crate::lora::Lora::from_tensors(settings, &shapes, t, dtype)?,
+            Some(t) => {
+                // Saved adapters are read on the CPU; they live where the model does.
+                let t = t
+                    .into_iter()
+                    .map(|(n, x)| Ok((n, x.to_device(&device)?)))
+                    .collect::<Result<BTreeMap<_, _>, ModelError>>()?;
+                crate::lora::Lora::from_tensors(settings, &shapes, t, dtype)?
+            }
         };
         match self {
             Model::Llama(m) => m.set_lora(lora),

@@ -19,6 +19,7 @@
 pub mod checkpointer;
 pub mod config;
 pub mod data_report;
+pub mod device;
 pub mod early_stopping;
 pub mod error;
 pub mod evaluate;

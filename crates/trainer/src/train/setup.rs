@@ -21,13 +21,22 @@ use model::optim::{AdamW, AdamWConfig};
 use model::{CausalLm, Llama, LlamaConfig, Model, TaskLoss};
 use std::path::Path;
 
-/// Builds or loads the model of `[model]` on the CPU, in `train.dtype`.
+/// Builds or loads the model of `[model]` on the CPU, in `train.dtype` (see [`build_model_on`]).
+///
+/// # Errors
+/// As [`build_model_on`].
+pub fn build_model(cfg: &TrainConfig, tokenizer_vocab: usize) -> Result<Model> {
+    build_model_on(cfg, tokenizer_vocab, &Device::Cpu)
+}
+
+/// Builds or loads the model of `[model]` on `device`, in `train.dtype` (auto: bf16 on a GPU,
+/// f32 on the CPU), with `[lora]` applied.
 ///
 /// # Errors
 /// Unreadable checkpoint, invalid architecture, or a vocabulary smaller than the tokenizer's.
-pub fn build_model(cfg: &TrainConfig, tokenizer_vocab: usize) -> Result<Model> {
-    let device = Device::Cpu;
-    let dtype = cfg.train.dtype.resolve(false);
+pub fn build_model_on(cfg: &TrainConfig, tokenizer_vocab: usize, device: &Device) -> Result<Model> {
+    let device = device.clone();
+    let dtype = cfg.train.dtype.resolve(device.is_cuda());
     let quant = if cfg.lora.enabled {
         cfg.lora.base_quant().map_err(anyhow::Error::msg)?
     } else {
@@ -158,7 +167,16 @@ pub fn start<'a>(
     sampler: TrainSampler<'a>,
     ckpt: Option<&Path>,
 ) -> Result<Trainer<'a>, RunError> {
-    let mut model = build_model(cfg, vocab).bad_input()?;
+    let (device, device_name) = super::device::select(cfg.runtime.device, comm.local_rank())
+        .all_ranks()?;
+    if comm.rank() == 0 {
+        tracing::info!(
+            "rank 0 of {} on host {}: {device_name}",
+            comm.world_size(),
+            collectives::host_name()
+        );
+    }
+    let mut model = build_model_on(cfg, vocab, &device).bad_input()?;
     let names: Vec<String> = ds.tasks.iter().map(|t| t.name.clone()).collect();
     let dc = cfg.data_config();
     let global_rows = plan.shard.global_rows();
@@ -186,13 +204,13 @@ pub fn start<'a>(
                 resume_adapters(cfg, &mut model, dir, base_path.as_deref())?;
             } else {
                 resume_rules::check_not_lora(dir).bad_input()?;
-                let saved = load_model(dir, model.dtype(), &Device::Cpu)
+                let saved = load_model(dir, model.dtype(), &device)
                     .with_context(|| format!("loading {}", dir.display()))
                     .all_ranks()?;
                 resume_rules::check_architecture(&model, &saved, dir).bad_input()?;
                 model = saved;
             }
-            let opt = AdamW::load(dir, &Device::Cpu).all_ranks()?;
+            let opt = AdamW::load(dir, &device).all_ranks()?;
             if comm.rank() == 0 {
                 tracing::info!(
                     "resuming from {} (step {}, written by {} ranks)",

@@ -323,10 +323,26 @@ pub struct RuntimeSection {
     pub backend: BackendChoice,
     /// Seconds one collective may take before the job aborts (0: never). Default 600.
     pub collective_timeout_s: u64,
+    /// `auto` (a GPU when the binary is built with CUDA and one is visible, else the CPU),
+    /// `cpu` or `cuda`. Default auto.
+    pub device: DeviceChoice,
     /// Test hook: make task `task`'s loss NaN at step `step` (checks the clean stop).
     pub inject_nan: Option<InjectNan>,
     /// Test hook: abort the process in the middle of writing the checkpoint of this step.
     pub crash_in_checkpoint: Option<u64>,
+}
+
+/// `runtime.device`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// A visible GPU in a CUDA build, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// GPU `local_rank % visible GPUs` (a CUDA build).
+    Cuda,
 }
 
 /// Fault injection: a NaN loss for one task at one step.
@@ -345,6 +361,7 @@ impl Default for RuntimeSection {
             threads: 0,
             backend: BackendChoice::Auto,
             collective_timeout_s: collectives::DEFAULT_COLLECTIVE_TIMEOUT_S,
+            device: DeviceChoice::Auto,
             inject_nan: None,
             crash_in_checkpoint: None,
         }

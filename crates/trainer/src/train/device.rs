@@ -1,0 +1,78 @@
+//! The device a rank trains on (`runtime.device`): the CPU, or with a CUDA build the GPU
+//! `local_rank % visible GPUs` (the CUDA driver applies a pre-set `CUDA_VISIBLE_DEVICES`, so
+//! a scheduler's GPU binding is respected), as the NCCL backend picks its GPU.
+
+use super::config::DeviceChoice;
+use anyhow::{bail, Result};
+use candle_core::Device;
+
+/// The device of `choice` for the rank with `local_rank` on its host, and its name for logs
+/// (`cpu`, `cuda:1 (NVIDIA H200)`).
+///
+/// # Errors
+/// `cuda` in a binary built without CUDA, or no GPU visible, or the GPU fails to open.
+pub fn select(choice: DeviceChoice, local_rank: usize) -> Result<(Device, String)> {
+    match choice {
+        DeviceChoice::Cpu => Ok((Device::Cpu, "cpu".into())),
+        DeviceChoice::Cuda => cuda(local_rank),
+        DeviceChoice::Auto if visible_gpus() > 0 => cuda(local_rank),
+        DeviceChoice::Auto => Ok((Device::Cpu, "cpu".into())),
+    }
+}
+
+/// GPUs the CUDA driver shows this process (0 in a CPU build or without a driver).
+pub fn visible_gpus() -> usize {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::CudaContext;
+        CudaContext::device_count()
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        0
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(local_rank: usize) -> Result<(Device, String)> {
+    use anyhow::Context;
+    let count = visible_gpus();
+    if count == 0 {
+        bail!(
+            "runtime.device = \"cuda\": no GPU visible (CUDA_VISIBLE_DEVICES={}; is the NVIDIA \
+             driver loaded?)",
+            std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "<unset>".into())
+        );
+    }
+    let ordinal = local_rank % count;
+    let device = Device::new_cuda(ordinal)
+        .with_context(|| format!("opening GPU {ordinal} of {count} visible"))?;
+    Ok((device, format!("cuda:{ordinal}")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(_local_rank: usize) -> Result<(Device, String)> {
+    bail!(
+        "runtime.device = \"cuda\": this binary was built without CUDA; build one with \
+         scripts/build-cuda.sh (README, \"GPU\"), or set runtime.device = \"cpu\""
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_and_auto_without_a_gpu_give_the_cpu_and_cuda_explains_itself() {
+        assert!(select(DeviceChoice::Cpu, 3).unwrap().0.is_cpu());
+        if visible_gpus() == 0 {
+            let (d, name) = select(DeviceChoice::Auto, 0).unwrap();
+            assert!(d.is_cpu() && name == "cpu");
+            let e = select(DeviceChoice::Cuda, 0).unwrap_err().to_string();
+            assert!(e.contains("runtime.device"), "{e}");
+        }
+    }
+}
