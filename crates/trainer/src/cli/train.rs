@@ -173,9 +173,31 @@ pub fn fail(comm: &dyn collectives::Communicator, e: impl Into<anyhow::Error>) -
     }
 }
 
+/// The largest base `check` loads to test the LoRA settings against it (bytes on disk).
+const CHECK_LOAD_LIMIT: u64 = 2 << 30;
+
+/// Bytes of a file, or of every file under a directory (a checkpoint's `model/` included).
+fn files_size(p: &std::path::Path) -> u64 {
+    if p.is_file() {
+        return p.metadata().map_or(0, |m| m.len());
+    }
+    // Directories are followed only when they are real ones (no symlink loops).
+    let entry = |e: std::fs::DirEntry| match e.file_type() {
+        Ok(t) if t.is_dir() => files_size(&e.path()),
+        _ => e
+            .path()
+            .metadata()
+            .map_or(0, |m| if m.is_file() { m.len() } else { 0 }),
+    };
+    std::fs::read_dir(p)
+        .map(|d| d.flatten().map(entry).sum())
+        .unwrap_or(0)
+}
+
 /// Validates a configuration: keys and ranges, then the files it names (missing data paths
 /// are warnings, so a cluster config passes on a laptop). With LoRA and an existing
-/// `model.path`, the base is loaded and the adapters attached (module names, block sizes).
+/// `model.path` of at most 2 GiB, the base is loaded and the adapters attached (module names,
+/// block sizes); a larger one is a warning.
 pub fn check(args: &CheckArgs) -> Result<(), ExitError> {
     let cfg = load_config(Some(&args.config), &args.set)?;
     let mut warnings = Vec::new();
@@ -250,8 +272,23 @@ pub fn check(args: &CheckArgs) -> Result<(), ExitError> {
                 }
             );
         }
-        // The model-level checks (module names, block sizes, architecture) need the base.
-        if cfg.model.path.as_ref().is_some_and(|p| p.exists()) {
+        // The model-level checks (module names, block sizes, architecture) need the base:
+        // loaded when small enough for a login node.
+        let size = cfg
+            .model
+            .path
+            .as_deref()
+            .filter(|p| p.exists())
+            .map(files_size);
+        if let Some(bytes) = size.filter(|&b| b > CHECK_LOAD_LIMIT) {
+            warnings.push(format!(
+                "[lora] not checked against model.path: {:.1} GiB is more than check loads \
+                 ({} GiB); a run checks it at start",
+                bytes as f64 / (1u64 << 30) as f64,
+                CHECK_LOAD_LIMIT >> 30
+            ));
+        }
+        if size.is_some_and(|b| b <= CHECK_LOAD_LIMIT) {
             let model = crate::train::build_model(&cfg, 0).map_err(|e| ExitError {
                 code: 2,
                 error: e.context(format!(

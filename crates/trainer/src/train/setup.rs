@@ -167,8 +167,8 @@ pub fn start<'a>(
     sampler: TrainSampler<'a>,
     ckpt: Option<&Path>,
 ) -> Result<Trainer<'a>, RunError> {
-    let (device, device_name) = super::device::select(cfg.runtime.device, comm.local_rank())
-        .all_ranks()?;
+    let (device, device_name) =
+        super::device::select(cfg.runtime.device, comm.local_rank()).all_ranks()?;
     if comm.rank() == 0 {
         tracing::info!(
             "rank 0 of {} on host {}: {device_name}",
