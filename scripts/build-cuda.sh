@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Builds the CUDA coba-dist binary (`--features cuda`: candle's CUDA backend, NCCL, MPI) and
-# strips it into target/cuda/dist/coba-dist.
+# Builds the CUDA coba-dist binary (`--features cuda,nccl`: candle's CUDA backend, the NCCL
+# communicator and MPI) and strips it into target/cuda/dist/coba-dist.
 #
-#   scripts/build-cuda.sh [--compute-cap 90] [--jobs N]
+#   scripts/build-cuda.sh [--compute-cap 90] [--jobs N] [--single-gpu]
 #
 # --compute-cap CC  GPU compute capability the kernels are compiled for (default 90: H100/H200,
 #                   built as sm_90a; 80 for A100 clusters, 89 for L4/L40). Env: CUDA_COMPUTE_CAP.
 # --jobs N          parallel nvcc and cargo jobs (default: the number of cores).
+# --single-gpu      `--features cuda` only: no NCCL and no MPI (libmpi is then not needed at run
+#                   time; for one-GPU machines and debugging).
 #
 # With `nvcc` on PATH the system CUDA toolkit is used. Otherwise the toolkit comes from NVIDIA's
 # PyPI wheels pinned to CUDA 13.0.x (the set torch 2.11's cu130 wheels use; ~830 MB download,
@@ -23,11 +25,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cc=${CUDA_COMPUTE_CAP:-90}
 jobs=$(nproc)
+features=cuda,nccl
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --compute-cap) cc="${2:?--compute-cap needs a value, e.g. 90}"; shift 2 ;;
         --jobs) jobs="${2:?--jobs needs a number}"; shift 2 ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --single-gpu) features=cuda; shift ;;
+        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build-cuda.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -101,10 +105,12 @@ export LIBRARY_PATH=$root/lib${LIBRARY_PATH:+:$LIBRARY_PATH}
 export CUDA_COMPUTE_CAP=$cc CUDAFORGE_THREADS=$jobs CARGO_BUILD_JOBS=$jobs
 
 start=$SECONDS
-cargo build --release --locked --features cuda -p trainer --bin coba-dist
+cargo build --release --locked --features "$features" -p trainer --bin coba-dist
 mkdir -p "$base/dist"
 strip -o "$base/dist/coba-dist" "$CARGO_TARGET_DIR/release/coba-dist"
-echo "build-cuda.sh: built in $((SECONDS - start)) s for compute capability $cc:"
-ls -la "$base/dist/coba-dist"
+# Compressed copy for machines reached through a size-limited transfer (~17 MB instead of ~63).
+gzip -9 -c "$base/dist/coba-dist" >"$base/dist/coba-dist.gz"
+echo "build-cuda.sh: built (features $features) in $((SECONDS - start)) s for compute capability $cc:"
+ls -la "$base/dist/coba-dist" "$base/dist/coba-dist.gz"
 echo "It needs the NVIDIA driver (libcuda.so.1) and these libraries at run time:"
 readelf -d "$base/dist/coba-dist" | awk '/NEEDED/ {print "  " $5}' | tr -d '[]'
