@@ -65,9 +65,20 @@ wheel_root() {
     python3 -m pip download --no-deps --quiet --disable-pip-version-check -d "$base/wheels" "${pins[@]}" >&2
     rm -rf "$root" "$base/unpacked"
     mkdir -p "$base/unpacked"
-    for w in "$base"/wheels/*.whl; do
-        unzip -q -o "$w" -d "$base/unpacked" -x '*.dist-info/*' # unzip keeps the +x bits
-    done
+    # Python's zipfile (no unzip needed), restoring each member's permission bits (+x on nvcc).
+    python3 - "$base/unpacked" "$base"/wheels/*.whl <<'PY'
+import os, sys, zipfile
+dest = sys.argv[1]
+for wheel in sys.argv[2:]:
+    with zipfile.ZipFile(wheel) as z:
+        for info in z.infolist():
+            if ".dist-info/" in info.filename:
+                continue
+            path = z.extract(info, dest)
+            mode = (info.external_attr >> 16) & 0o777
+            if mode and not info.is_dir():
+                os.chmod(path, mode)
+PY
     mv "$base/unpacked/nvidia/cu13" "$root"
     cp -a "$base/unpacked/nvidia/nccl/include/." "$root/include/"
     cp -a "$base/unpacked/nvidia/nccl/lib/." "$root/lib/"
