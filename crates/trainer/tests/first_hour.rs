@@ -148,6 +148,9 @@ fn resume_with_more_steps_at_a_constant_rate_is_logged_and_updates_the_header() 
         return;
     }
     assert_eq!(job.header()["total_steps"], 3);
+    // The header names the dtype; a dense run has no quantized-base key.
+    assert_eq!(job.header()["dtype"], "f32");
+    assert!(job.header().get("lora_quantize_base").is_none());
     // Resumed on one rank (micro-batch 4: the same global batch of 4 rows).
     let text = ok(&job.run(&["--resume", "auto"]));
     assert!(text.contains("instead of 3"), "{text}");

@@ -28,6 +28,9 @@ pub fn per_task(names: &[String], values: impl IntoIterator<Item = Option<f64>>)
 /// Line 1 of `metrics.jsonl`, written by a fresh run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Header {
+    /// The model dtype (`f32`, `bf16`; absent in older files, which were f32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
     /// Rows per optimizer step over all ranks (micro_batch × grad_accum × world_size).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub global_batch_rows: Option<usize>,
@@ -37,6 +40,9 @@ pub struct Header {
     /// `l_i(0)`: each task's mean validation loss before step 0, nats/token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_val_loss: Option<PerTask>,
+    /// With QLoRA: `lora.quantize_base` (`gguf`, `q8_0`, ...); absent for a dense base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora_quantize_base: Option<String>,
     /// The weighting method (`coba`, `uniform`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,

@@ -383,12 +383,14 @@ pub fn open_sinks(
     let lora = trainer.model.lora().is_some();
     if !resumed {
         w.write(&Header {
+            dtype: Some(TrainDtype::name(trainer.model.dtype()).into()),
             global_batch_rows: Some(plan.shard.global_rows()),
             history_length: Some(wcfg.history_length),
             initial_val_loss: Some(per_task(
                 names,
                 st.initial_val_loss.iter().map(|v| Some(*v)),
             )),
+            lora_quantize_base: st.lora_quantize_base.clone().filter(|q| q != "none"),
             method: Some(wcfg.method.as_str().into()),
             parameters: Some(trainer.model_parameters()),
             tasks: names.to_vec(),
