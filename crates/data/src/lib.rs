@@ -31,6 +31,7 @@ pub mod config;
 pub mod dataset;
 mod error;
 pub mod format;
+pub mod gsm8k;
 pub mod mixing;
 pub mod rng;
 pub mod source;
