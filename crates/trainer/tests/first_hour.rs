@@ -154,6 +154,12 @@ fn resume_with_more_steps_at_a_constant_rate_is_logged_and_updates_the_header() 
     // Resumed on one rank (micro-batch 4: the same global batch of 4 rows).
     let text = ok(&job.run(&["--resume", "auto"]));
     assert!(text.contains("instead of 3"), "{text}");
+    // The startup log maps each rank to its host and device.
+    let host = collectives::host_name();
+    assert!(
+        text.contains(&format!("ranks -> host: device: rank 0 -> {host}: cpu")),
+        "{text}"
+    );
     assert_eq!(job.header()["total_steps"], 6);
     // The checkpoints now name the ranks that wrote them.
     let st: serde_json::Value =

@@ -100,6 +100,26 @@ pub fn build_model_on(cfg: &TrainConfig, tokenizer_vocab: usize, device: &Device
     Ok(model)
 }
 
+/// `rank 0 -> host: cuda:0, rank 1 -> ...`: every rank's host and device, gathered with one
+/// broadcast per rank (startup only; the same calls in the same order on every rank).
+///
+/// # Errors
+/// A failed collective.
+fn rank_map(comm: &dyn Communicator, device_name: &str) -> Result<String> {
+    let mine = format!("{}: {device_name}", collectives::host_name());
+    let mut parts = Vec::with_capacity(comm.world_size());
+    for r in 0..comm.world_size() {
+        let mut buf = if comm.rank() == r {
+            mine.clone().into_bytes()
+        } else {
+            Vec::new()
+        };
+        comm.broadcast_bytes(&mut buf, r)?;
+        parts.push(format!("rank {r} -> {}", String::from_utf8_lossy(&buf)));
+    }
+    Ok(parts.join(", "))
+}
+
 /// Loads the tokenizer and the tasks of a configuration (through the tokenization cache).
 ///
 /// # Errors
@@ -169,12 +189,9 @@ pub fn start<'a>(
 ) -> Result<Trainer<'a>, RunError> {
     let (device, device_name) =
         super::device::select(cfg.runtime.device, comm.local_rank()).all_ranks()?;
+    let map = rank_map(comm, &device_name).local()?;
     if comm.rank() == 0 {
-        tracing::info!(
-            "rank 0 of {} on host {}: {device_name}",
-            comm.world_size(),
-            collectives::host_name()
-        );
+        tracing::info!("ranks -> host: device: {map}");
     }
     let mut model = build_model_on(cfg, vocab, &device).bad_input()?;
     let names: Vec<String> = ds.tasks.iter().map(|t| t.name.clone()).collect();
