@@ -12,8 +12,8 @@ use super::init::SplitMix64;
 use super::kv_cache::{positions, run_blocks, Attend, KvCache};
 use super::layers::param as w;
 use super::lm::CausalLm;
-use super::lora::Lora;
-use super::quantized::{BaseWeight, Frozen, QuantizedWeight};
+use super::lora::{projection_weight_name, Lora};
+use super::quantized::{BaseWeight, QuantizedWeight};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::BTreeMap;
@@ -108,14 +108,6 @@ impl Layer {
             ("down_proj", &mut self.down),
         ]
     }
-}
-
-/// HF name of projection `module`'s weight in layer `layer`.
-fn projection_name(layer: usize, module: &str) -> String {
-    format!(
-        "model.layers.{layer}.{}.{module}.weight",
-        crate::lora::projection_parent(module)
-    )
 }
 
 /// A Llama-family causal LM whose parameters are trainable candle [`Var`]s.
@@ -317,7 +309,7 @@ impl Llama {
             let index = l.index;
             for (m, w) in l.projections_mut() {
                 let BaseWeight::Dense(v) = w else { continue };
-                let name = projection_name(index, m);
+                let name = projection_weight_name(index, m);
                 let q = QuantizedWeight::quantize(v.as_tensor(), format).map_err(|e| match e {
                     ModelError::Config(m) => ModelError::Config(format!("{name}: {m}")),
                     other => other,
@@ -398,25 +390,17 @@ impl Llama {
         track: bool,
         dropout_keys: &[u64],
     ) -> candle_core::Result<Tensor> {
-        let adapter = self
-            .lora
-            .as_ref()
-            .and_then(|l| Some((l, l.get(layer, module)?)));
-        match (adapter, wv) {
-            (None, BaseWeight::Dense(v)) if self.lora.is_none() => {
+        let b = |b: &Var| b.as_tensor().clone();
+        match (&self.lora, wv) {
+            (Some(lora), _) => {
+                let at = (layer, module);
+                lora.project(at, x, &wv.frozen(), bv.map(b).as_ref(), track, dropout_keys)
+            }
+            (None, BaseWeight::Dense(v)) => {
                 let b = bv.map(|b| w(b, track));
                 linear(x, &w(v, track), b.as_ref())
             }
-            (None, _) => {
-                let b = bv.map(|b| b.as_tensor().clone());
-                frozen(x, &wv.frozen(), b.as_ref())
-            }
-            (Some((lora, ad)), _) => {
-                let b = bv.map(|b| b.as_tensor().clone());
-                let at = (layer, module);
-                let base: Frozen = wv.frozen();
-                lora.forward(ad, at, x, &base, b.as_ref(), track, dropout_keys)
-            }
+            (None, BaseWeight::Quantized(_)) => frozen(x, &wv.frozen(), bv.map(b).as_ref()),
         }
     }
 

@@ -4,7 +4,7 @@
 //! kaiming-uniform with `a = sqrt(5)`, i.e. `U(-1/sqrt(in), 1/sqrt(in))`, and `B = 0`, so a
 //! fresh adapter leaves the model unchanged. Adapters are f32 (f64 over an f64 base) and the only trainable
 //! parameters; the base is frozen and its matmul's backward computes no weight gradient
-//! ([`crate::fused::frozen_linear`]).
+//! ([`crate::fused::frozen`]).
 //!
 //! Adapter names are PEFT's saved keys, e.g.
 //! `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`.
@@ -32,18 +32,12 @@ pub const PHI_PROJECTIONS: [&str; 6] = ["q_proj", "k_proj", "v_proj", "dense", "
 
 /// Every projection name of the supported architectures, each once (Llama's, then Phi's own):
 /// a module's index here keys its dropout masks.
-const ALL_PROJECTIONS: [&str; 10] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-    "dense",
-    "fc1",
-    "fc2",
-];
+fn all_projections() -> impl Iterator<Item = &'static str> {
+    let phi_own = PHI_PROJECTIONS
+        .into_iter()
+        .filter(|m| !LLAMA_PROJECTIONS.contains(m));
+    LLAMA_PROJECTIONS.into_iter().chain(phi_own)
+}
 
 /// The sub-module path of a projection inside a decoder layer (`self_attn` or `mlp`).
 pub fn projection_parent(module: &str) -> &'static str {
@@ -106,7 +100,7 @@ impl LoraSettings {
         if let Some(m) = self
             .target_modules
             .iter()
-            .find(|m| !ALL_PROJECTIONS.contains(&m.as_str()))
+            .find(|m| !all_projections().any(|p| p == m.as_str()))
         {
             return Err(ModelError::Config(format!(
                 "`lora.target_modules`: unknown module `{m}` (expected \"all-linear\" or some of \
@@ -127,6 +121,15 @@ pub fn adapter_dtype(base: DType) -> DType {
     } else {
         DType::F32
     }
+}
+
+/// HF name of projection `module`'s weight in layer `layer`
+/// (`model.layers.{layer}.{parent}.{module}.weight`).
+pub fn projection_weight_name(layer: usize, module: &str) -> String {
+    format!(
+        "model.layers.{layer}.{}.{module}.weight",
+        projection_parent(module)
+    )
 }
 
 /// PEFT's key of adapter matrix `ab` ("A" or "B") of `module` in layer `layer`.
@@ -259,7 +262,7 @@ impl Lora {
         let s = self.settings.scale();
         for (i, layer) in self.layers.iter().enumerate() {
             for (m, ad) in layer {
-                let name = format!("model.layers.{i}.{}.{m}.weight", projection_parent(m));
+                let name = projection_weight_name(i, m);
                 let w = weights
                     .get(&name)
                     .ok_or_else(|| ModelError::MissingParameter(name.clone()))?
@@ -282,18 +285,19 @@ impl Lora {
         &self.params
     }
 
-    /// The adapted projection `x W^T (+ b) + s ((x ⊙ M) A^T) B^T` for input `x (rows, seq, in)`
-    /// and the frozen base `w (out, in)`, dense or quantized (one fused node on the CPU, see
-    /// [`crate::fused::lora_linear`]); differentiable in A and B when `track`, and in `x`.
-    /// `M` is the dropout mask of [`dropout_mask`] when training (`track`) with dropout > 0
-    /// and `dropout_keys` (one per row) are given; none otherwise (PEFT's eval mode).
+    /// Projection `module` of layer `layer` in a model with these adapters, for input
+    /// `x (rows, seq, in)` over the frozen base `w (out, in)` (dense or quantized) and bias `b`
+    /// (taken detached): when the projection is adapted, `x W^T (+ b) + s ((x ⊙ M) A^T) B^T`
+    /// (one fused node on the CPU, see [`crate::fused::lora_linear`]), differentiable in A and
+    /// B when `track`; otherwise the frozen product [`crate::fused::frozen`]. Both are
+    /// differentiable in `x`. `M` is the dropout mask of [`dropout_mask`] when training
+    /// (`track`) with dropout > 0 and `dropout_keys` (one per row) are given; none otherwise
+    /// (PEFT's eval mode).
     ///
     /// # Errors
     /// A shape mismatch or tensor failure.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward(
+    pub fn project(
         &self,
-        ad: &Adapter,
         (layer, module): (usize, &str),
         x: &Tensor,
         w: &crate::quantized::Frozen,
@@ -301,6 +305,10 @@ impl Lora {
         track: bool,
         dropout_keys: &[u64],
     ) -> candle_core::Result<Tensor> {
+        let b = b.map(Tensor::detach);
+        let Some(ad) = self.get(layer, module) else {
+            return crate::fused::frozen(x, w, b.as_ref());
+        };
         let v = |v: &Var| crate::layers::param(v, track);
         let p = self.settings.dropout;
         let mask = if track && p > 0.0 && !dropout_keys.is_empty() {
@@ -311,7 +319,15 @@ impl Lora {
             None
         };
         let (a, bm) = (v(&ad.a), v(&ad.b));
-        crate::fused::lora_linear(x, w, b, &a, &bm, self.settings.scale(), mask.as_ref())
+        crate::fused::lora_linear(
+            x,
+            w,
+            b.as_ref(),
+            &a,
+            &bm,
+            self.settings.scale(),
+            mask.as_ref(),
+        )
     }
 }
 
@@ -352,10 +368,9 @@ pub fn dropout_mask(
     module: &str,
     p: f64,
 ) -> Vec<f32> {
-    let module_id = ALL_PROJECTIONS
-        .iter()
-        .position(|m| *m == module)
-        .unwrap_or(ALL_PROJECTIONS.len()) as u64;
+    let module_id = all_projections()
+        .position(|m| m == module)
+        .unwrap_or(all_projections().count()) as u64;
     let keep = (1.0 / (1.0 - p)) as f32;
     // Drop when the 53-bit uniform falls below p.
     let threshold = (p * (1u64 << 53) as f64) as u64;

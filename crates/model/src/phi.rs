@@ -4,7 +4,7 @@
 
 use super::batch::TokenBatch;
 use super::error::ModelError;
-use super::fused::{frozen, linear, merge_heads, split_heads, RopeTables};
+use super::fused::{linear, merge_heads, split_heads, RopeTables};
 use super::init::SplitMix64;
 use super::kv_cache::{positions, run_blocks, Attend, KvCache};
 use super::layers::layer_norm;
@@ -444,11 +444,8 @@ impl Phi {
             return linear(x, &w(&p.w, track), Some(&w(&p.b, track)));
         };
         let base = Frozen::Dense(p.w.as_tensor().detach());
-        let b = p.b.as_tensor().detach();
-        match lora.get(layer, module) {
-            None => frozen(x, &base, Some(&b)),
-            Some(ad) => lora.forward(ad, (layer, module), x, &base, Some(&b), track, dropout_keys),
-        }
+        let at = (layer, module);
+        lora.project(at, x, &base, Some(p.b.as_tensor()), track, dropout_keys)
     }
 
     /// The configuration.

@@ -195,10 +195,7 @@ impl BaseWeight {
     /// # Errors
     /// A dense variable that is not 2-D.
     pub fn dims(&self) -> candle_core::Result<(usize, usize)> {
-        match self {
-            BaseWeight::Dense(v) => v.dims2(),
-            BaseWeight::Quantized(q) => Ok(q.dims()),
-        }
+        self.frozen().dims()
     }
 
     /// The weight as a frozen operand.

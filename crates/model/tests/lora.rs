@@ -180,6 +180,34 @@ fn check_against_finite_differences(
     }
 }
 
+/// Task scales of the gradient checks.
+const SCALE: [f64; 2] = [0.6, 1.4];
+
+/// Loss options of the gradient checks (chunks of 3 tokens).
+fn opts() -> LossOptions {
+    LossOptions {
+        chunk_elems: 3 * 50,
+    }
+}
+
+/// The weighted training objective's gradients (dropout masks of `b` included) exist exactly
+/// for the adapters and equal its finite differences. Returns the objective.
+fn check_training_gradients(m: &Model, b: &TokenBatch) -> f64 {
+    let out = m.forward_backward(b, &SCALE, opts()).unwrap();
+    assert_eq!(
+        out.grads.keys().collect::<Vec<_>>(),
+        m.params().keys().collect::<Vec<_>>()
+    );
+    let objective = |m: &Model| {
+        m.forward_backward(b, &SCALE, opts())
+            .unwrap()
+            .report
+            .objective
+    };
+    check_against_finite_differences(m, &out.grads, objective);
+    out.report.objective
+}
+
 #[test]
 fn adapter_gradients_match_finite_differences_and_the_base_gets_none() {
     let mut m = base(DType::F64);
@@ -453,19 +481,8 @@ fn gradients_with_dropout_match_finite_differences_and_eval_has_none() {
     perturb_b(&m, 0.1);
     let mut b = batch();
     b.dropout_keys = vec![42];
-    let scale = [0.6, 1.4];
-    let opts = LossOptions {
-        chunk_elems: 3 * 50,
-    };
-    let out = m.forward_backward(&b, &scale, opts).unwrap();
-    // The training objective (with the masks) by finite differences.
-    let objective = |m: &Model| {
-        m.forward_backward(&b, &scale, opts)
-            .unwrap()
-            .report
-            .objective
-    };
-    check_against_finite_differences(&m, &out.grads, objective);
+    let (scale, opts) = (SCALE, opts());
+    let trained = check_training_gradients(&m, &b);
     // Dropout changes the training forward; evaluation (no graph) has none.
     let mut no_keys = b.clone();
     no_keys.dropout_keys.clear();
@@ -474,7 +491,7 @@ fn gradients_with_dropout_match_finite_differences_and_eval_has_none() {
         .unwrap()
         .report
         .objective;
-    assert!((plain - out.report.objective).abs() > 1e-6);
+    assert!((plain - trained).abs() > 1e-6);
     let eval: f64 = m
         .evaluate(&b, opts)
         .unwrap()
@@ -538,20 +555,7 @@ fn phi_adapters_use_its_projection_names_and_match_finite_differences() {
     perturb_b(&m, 0.1);
     let mut b = batch();
     b.dropout_keys = vec![11, 12, 13, 14];
-    let scale = [0.6, 1.4];
-    let opts = LossOptions {
-        chunk_elems: 3 * 50,
-    };
-    let out = m.forward_backward(&b, &scale, opts).unwrap();
-    assert_eq!(
-        out.grads.keys().collect::<Vec<_>>(),
-        m.params().keys().collect::<Vec<_>>()
-    );
-    let objective = |m: &Model| -> f64 {
-        let grads = m.forward_backward(&b, &scale, opts).unwrap();
-        grads.report.objective
-    };
-    check_against_finite_differences(&m, &out.grads, objective);
+    check_training_gradients(&m, &b);
 
     // A Llama module name on Phi is refused, naming what Phi has.
     let err = phi(DType::F32)

@@ -73,22 +73,34 @@ fn full(_: &Job) -> Vec<String> {
     Vec::new()
 }
 
-/// LoRA (rank 4 on every projection) on the harness's tiny model, saved as an HF directory in
-/// the job's `base/` (its random init from the job's seed) and named by `model.path`.
-fn lora(job: &Job) -> Vec<String> {
-    let base = job.dir.path().join("base");
+/// The harness's model built with `sets` and saved as an HF directory `name` in the job's
+/// folder (once), for LoRA runs to name as `model.path`.
+fn saved_base(job: &Job, name: &str, sets: &[&str]) -> std::path::PathBuf {
+    let base = job.dir.path().join(name);
     if !base.exists() {
-        let cfg = load(job, &[] as &[&str]);
+        let cfg = load(job, sets);
         let (enc, _) = load_data(&cfg).unwrap();
         let m = trainer::train::build_model(&cfg, enc.vocab_size()).unwrap();
         model::checkpoint::save_hf_dir(&m, &base).unwrap();
     }
-    vec![
-        "lora.enabled=true".into(),
-        "lora.r=4".into(),
-        "lora.alpha=8.0".into(),
-        format!("model.path=\"{}\"", base.display()),
-    ]
+    base
+}
+
+/// LoRA rank 4, alpha 8 over the base at `base`, plus `extra` settings.
+fn lora_over(base: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let mut sets: Vec<String> = ["lora.enabled=true", "lora.r=4", "lora.alpha=8.0"]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+    sets.push(format!("model.path=\"{}\"", base.display()));
+    sets
+}
+
+/// LoRA (rank 4 on every projection) on the harness's tiny model, saved as an HF directory in
+/// the job's `base/` (its random init from the job's seed) and named by `model.path`.
+fn lora(job: &Job) -> Vec<String> {
+    lora_over(&saved_base(job, "base", &[]), &[])
 }
 
 /// QLoRA: LoRA as [`lora`] over a base of hidden size 32 (the harness's 16 does not fill a
@@ -98,20 +110,8 @@ fn qlora(job: &Job) -> Vec<String> {
         "model.arch.hidden_size=32",
         "model.arch.intermediate_size=64",
     ];
-    let base = job.dir.path().join("base-32");
-    if !base.exists() {
-        let cfg = load(job, &widths);
-        let (enc, _) = load_data(&cfg).unwrap();
-        let m = trainer::train::build_model(&cfg, enc.vocab_size()).unwrap();
-        model::checkpoint::save_hf_dir(&m, &base).unwrap();
-    }
-    vec![
-        "lora.enabled=true".into(),
-        "lora.r=4".into(),
-        "lora.alpha=8.0".into(),
-        "lora.quantize_base=\"q8_0\"".into(),
-        format!("model.path=\"{}\"", base.display()),
-    ]
+    let base = saved_base(job, "base-32", &widths);
+    lora_over(&base, &["lora.quantize_base=\"q8_0\""])
 }
 
 /// LoRA (`"all-linear"`: Phi's q/k/v_proj, dense, fc1, fc2) with dropout 0.1 on a random Phi
@@ -132,13 +132,27 @@ fn phi_lora(job: &Job) -> Vec<String> {
         .unwrap();
         model::checkpoint::save_hf_dir(&m.into(), &base).unwrap();
     }
-    vec![
-        "lora.enabled=true".into(),
-        "lora.r=4".into(),
-        "lora.alpha=8.0".into(),
-        "lora.dropout=0.1".into(),
-        format!("model.path=\"{}\"", base.display()),
-    ]
+    lora_over(&base, &["lora.dropout=0.1"])
+}
+
+/// The error of starting `cfg` from checkpoint `ckpt`, which must be refused (`why` says what
+/// the test expects).
+fn refused_resume(cfg: &TrainConfig, ckpt: &Path, why: &str) -> String {
+    let comm = collectives::Local::new();
+    let (enc, ds) = load_data(cfg).unwrap();
+    let (plan, sampler) = Plan::new(cfg, &comm, &ds).unwrap();
+    setup::start(
+        cfg,
+        &comm,
+        &ds,
+        enc.vocab_size(),
+        &plan,
+        sampler,
+        Some(ckpt),
+    )
+    .err()
+    .expect(why)
+    .to_string()
 }
 
 /// Full fine-tuning in bf16 (f32 master weights in the optimizer).
@@ -260,20 +274,7 @@ fn a_bf16_run_trains_with_f32_master_weights_and_resumes_only_in_bf16() {
     assert!(config.contains("\"bfloat16\""), "{config}");
     // A resume in f32 is refused, naming both dtypes.
     let cfg2 = load(&job, &["train.dtype=\"f32\"", "train.max_steps=8"]);
-    let (enc, ds) = load_data(&cfg2).unwrap();
-    let (plan, sampler) = Plan::new(&cfg2, &comm, &ds).unwrap();
-    let err = setup::start(
-        &cfg2,
-        &comm,
-        &ds,
-        enc.vocab_size(),
-        &plan,
-        sampler,
-        Some(&ckpt),
-    )
-    .err()
-    .expect("an f32 resume of a bf16 run is refused")
-    .to_string();
+    let err = refused_resume(&cfg2, &ckpt, "an f32 resume of a bf16 run is refused");
     assert!(err.contains("bf16") && err.contains("f32"), "{err}");
 }
 
@@ -300,21 +301,11 @@ fn qlora_holds_the_base_quantized_and_a_resume_must_keep_the_quantization() {
     let ckpt = state::checkpoints_dir(&cfg.output_dir).join(state::step_dir_name(2));
     let mut dense = qlora(&job);
     dense.retain(|s| !s.starts_with("lora.quantize_base"));
-    let cfg2 = load(&job, &dense);
-    let (enc, ds) = load_data(&cfg2).unwrap();
-    let (plan, sampler) = Plan::new(&cfg2, &comm, &ds).unwrap();
-    let err = setup::start(
-        &cfg2,
-        &comm,
-        &ds,
-        enc.vocab_size(),
-        &plan,
-        sampler,
-        Some(&ckpt),
-    )
-    .err()
-    .expect("a resume over a dense base is refused")
-    .to_string();
+    let err = refused_resume(
+        &load(&job, &dense),
+        &ckpt,
+        "a resume over a dense base is refused",
+    );
     assert!(
         err.contains("quantize_base = \"q8_0\"") && err.contains("\"none\""),
         "{err}"

@@ -266,7 +266,7 @@ pub fn check(args: &CheckArgs) -> Result<(), ExitError> {
                     TargetModules::All(a) => a.clone(),
                     TargetModules::List(_) => l.target_modules.join(", "),
                 },
-                match cfg.lora.quantize_base.to_ascii_lowercase().as_str() {
+                match cfg.lora.quantize_base_name().as_str() {
                     "none" => "dense".to_string(),
                     q => format!("quantized ({q}, QLoRA)"),
                 }

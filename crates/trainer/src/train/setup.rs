@@ -215,7 +215,7 @@ pub fn start<'a>(
             resume_rules::check_schedule(&st, &plan.step.lr_schedule, plan.total_steps, dir)
                 .bad_input()?;
             if cfg.lora.enabled {
-                let quant = cfg.lora.quantize_base.to_ascii_lowercase();
+                let quant = cfg.lora.quantize_base_name();
                 resume_rules::check_base_quant(st.lora_quantize_base.as_deref(), &quant, dir)
                     .bad_input()?;
                 resume_adapters(cfg, &mut model, dir, base_path.as_deref())?;
@@ -244,10 +244,7 @@ pub fn start<'a>(
     st.total_steps = Some(plan.total_steps);
     st.probe_samples_per_task = Some(plan.probe_samples_per_task);
     st.train_dtype = Some(TrainDtype::name(model.dtype()).to_string());
-    st.lora_quantize_base = cfg
-        .lora
-        .enabled
-        .then(|| cfg.lora.quantize_base.to_ascii_lowercase());
+    st.lora_quantize_base = cfg.lora.enabled.then(|| cfg.lora.quantize_base_name());
     // The ranks of this run write the next checkpoints (the global batch is what must stay).
     st.world_size = comm.world_size();
     Ok(Trainer {

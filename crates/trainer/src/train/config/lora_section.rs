@@ -67,12 +67,17 @@ impl Default for LoraSection {
 }
 
 impl LoraSection {
+    /// `quantize_base` as state.json records it (lower case).
+    pub fn quantize_base_name(&self) -> String {
+        self.quantize_base.to_ascii_lowercase()
+    }
+
     /// `quantize_base` parsed.
     ///
     /// # Errors
     /// An unknown value, naming the key and the accepted ones.
     pub fn base_quant(&self) -> Result<BaseQuant, String> {
-        match self.quantize_base.to_ascii_lowercase().as_str() {
+        match self.quantize_base_name().as_str() {
             "none" => Ok(BaseQuant::None),
             "gguf" => Ok(BaseQuant::Gguf),
             other => model::quantized::parse_format(other)
