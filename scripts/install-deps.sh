@@ -2,6 +2,7 @@
 # Installs the system packages coba-dist needs, only when they are missing, and says so.
 #   OpenMPI (libopenmpi-dev, openmpi-bin): the MPI backend (rsmpi) and `mpirun` for multi-rank runs.
 #   libclang-dev, pkg-config: rsmpi generates its MPI bindings with bindgen at build time.
+#   python3-numpy, g++, nodejs: the toolchains `eval --metrics pass@1` runs programs with.
 # Debian/Ubuntu only (apt-get); elsewhere install the equivalents yourself.
 #
 # Sourcing this file (`source scripts/install-deps.sh`) defines the detection functions without
@@ -65,6 +66,13 @@ install_missing() {
   command -v mpicc >/dev/null 2>&1 || missing+=(libopenmpi-dev)
   command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
   find_bindgen_libclang >/dev/null || missing+=(libclang-dev)
+  # `coba-dist eval --metrics pass@1` runs programs with the sandbox's PATH (system dirs only):
+  # python3 with numpy (HumanEval-X's Python prefix imports it), g++ and node. A JDK (javac,
+  # java) and go are used when present but not installed here (large; their rows say skipped).
+  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin python3 -c 'import numpy' \
+    >/dev/null 2>&1 || missing+=(python3-numpy)
+  command -v g++ >/dev/null 2>&1 || missing+=(g++)
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
 
   if [ ${#missing[@]} -eq 0 ]; then
     return 0

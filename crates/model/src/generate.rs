@@ -22,13 +22,13 @@ pub enum Sampling {
     },
 }
 
-/// See [`CausalLm::generate`].
+/// See [`CausalLm::generate_until`].
 pub(crate) fn generate<M: CausalLm + ?Sized>(
     m: &M,
     prompt: &[u32],
     max_new: usize,
-    stop: &[u32],
     sampling: Sampling,
+    done: &mut dyn FnMut(&[u32]) -> bool,
 ) -> Result<Vec<u32>, ModelError> {
     if prompt.is_empty() {
         return Err(ModelError::Batch("empty prompt".into()));
@@ -65,7 +65,7 @@ pub(crate) fn generate<M: CausalLm + ?Sized>(
         tokens.push(next);
         out.push(next);
         pending = vec![next];
-        if stop.contains(&next) {
+        if done(&out) {
             break;
         }
     }

@@ -124,6 +124,22 @@ pub trait CausalLm {
         stop: &[u32],
         sampling: Sampling,
     ) -> Result<Vec<u32>, ModelError> {
-        super::generate::generate(self, prompt, max_new, stop, sampling)
+        let mut done = |out: &[u32]| out.last().is_some_and(|t| stop.contains(t));
+        super::generate::generate(self, prompt, max_new, sampling, &mut done)
+    }
+
+    /// As [`CausalLm::generate`], but stops when `done(new_tokens)` is true after a token
+    /// (e.g. a stop sequence in the decoded text); returns every new token including the last.
+    ///
+    /// # Errors
+    /// An empty prompt, ids outside the vocabulary, or a tensor failure.
+    fn generate_until(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        sampling: Sampling,
+        done: &mut dyn FnMut(&[u32]) -> bool,
+    ) -> Result<Vec<u32>, ModelError> {
+        super::generate::generate(self, prompt, max_new, sampling, done)
     }
 }

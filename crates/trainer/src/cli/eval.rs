@@ -29,32 +29,32 @@ pub struct EvalArgs {
     /// A training configuration: its tokenizer, tasks and `[data]` settings (template,
     /// max_seq_len, carve-out seed), and by default the model `output_dir/best`.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["tokenizer", "tasks"])]
-    config: Option<PathBuf>,
+    pub(super) config: Option<PathBuf>,
     /// Model: a Hugging Face directory (config.json + safetensors), a .gguf file, a LoRA
     /// adapter directory (PEFT format, e.g. a LoRA run's best/; the base from its
     /// adapter_config.json or --base), or a training checkpoint directory.
-    #[arg(long, value_name = "PATH", required_unless_present = "config")]
-    model: Option<PathBuf>,
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["config", "completions"])]
+    pub(super) model: Option<PathBuf>,
     /// With a LoRA adapter directory as the model: its base (default: the adapter config's
     /// base_model_name_or_path).
     #[arg(long, value_name = "PATH")]
-    base: Option<PathBuf>,
+    pub(super) base: Option<PathBuf>,
     /// Override one key of --config, e.g. `--set data.max_seq_len=512` (repeatable; as for
     /// training).
     #[arg(long = "set", value_name = "KEY=VALUE", requires = "config")]
-    set: Vec<String>,
+    pub(super) set: Vec<String>,
     /// tokenizer.json (e.g. data/tokenizers/smollm2/tokenizer.json); default: `tokenizer.json`
     /// beside the model (as `best/` has it).
     #[arg(long, value_name = "T")]
-    tokenizer: Option<PathBuf>,
+    pub(super) tokenizer: Option<PathBuf>,
     /// A task: NAME=PATH (a .jsonl/.jsonl.gz file or a directory); repeat for more tasks, or
     /// repeat a NAME to give it several paths.
     #[arg(
         long = "task",
         value_name = "NAME=PATH",
-        required_unless_present = "config"
+        required_unless_present_any = ["config", "completions"]
     )]
-    tasks: Vec<String>,
+    pub(super) tasks: Vec<String>,
     /// Split to evaluate (valid includes the samples carved out of train when the data has no
     /// valid split; train excludes them).
     #[arg(long, default_value = "valid", value_parser = ["valid", "test", "train"])]
@@ -68,10 +68,58 @@ pub struct EvalArgs {
     /// Prompt template preset: chatml or mftcoder. Default: the template the model was
     /// trained with (`template.json` beside it, as `best/` has it), else chatml.
     #[arg(long, value_parser = ["chatml", "mftcoder"])]
-    template: Option<String>,
+    pub(super) template: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
+    /// Functional metrics instead of NLL: `pass@1` (run each generated program against its
+    /// unit tests: HumanEval-X, MBPP), `accuracy` (GSM8K final answer), or both
+    /// (`pass@1,accuracy`), on the test split's problems of the eval bundle (--eval-data).
+    #[arg(long, value_name = "LIST", value_parser = super::eval_exec::parse_metrics)]
+    metrics: Option<super::eval_exec::MetricList>,
+    /// The eval bundle: `<task>_test.jsonl[.gz]` with each problem's tests or answer.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "data/eval",
+        requires = "metrics"
+    )]
+    pub(super) eval_data: PathBuf,
+    /// Judge these completions instead of generating: JSONL `{"id", "completion"}` lines
+    /// (an earlier run's programs.jsonl works); only the problems listed are judged.
+    #[arg(long, value_name = "FILE", requires = "metrics")]
+    pub(super) completions: Option<PathBuf>,
+    /// Where results.json and programs.jsonl go (default: `<output_dir>/eval` with --config,
+    /// else ./eval-results).
+    #[arg(long, value_name = "DIR", requires = "metrics")]
+    pub(super) out: Option<PathBuf>,
+    /// At most N problems per task, evenly spaced (a quick look; the table says how many).
+    #[arg(long, value_name = "N", value_parser = positive, requires = "metrics")]
+    pub(super) limit: Option<usize>,
+    /// Token limit per generated completion.
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = positive)]
+    pub(super) max_new_tokens: usize,
+    /// Programs run at once (default: the number of cores).
+    #[arg(long, value_name = "N", value_parser = positive, requires = "metrics")]
+    pub(super) jobs: Option<usize>,
+    /// Seconds each program may run (the eval bundle's 10; compiles get 60).
+    #[arg(long, value_name = "S", default_value_t = 10, value_parser = positive_u64)]
+    pub(super) timeout: u64,
+    /// The Python interpreter programs run with (on the sandbox's system PATH; needs numpy
+    /// for HumanEval-X Python).
+    #[arg(long, value_name = "CMD", requires = "metrics")]
+    pub(super) python: Option<String>,
+    /// A node_modules directory for JavaScript programs (NODE_PATH; JavaScript/162 needs js-md5).
+    #[arg(long, value_name = "DIR", requires = "metrics")]
+    pub(super) node_path: Option<PathBuf>,
+    /// Go: a module directory with CodeGeeX's go.mod and vendor/ (testify); Go is skipped
+    /// without it.
+    #[arg(long, value_name = "DIR", requires = "metrics")]
+    pub(super) go_module: Option<PathBuf>,
+}
+
+fn positive_u64(s: &str) -> Result<u64, String> {
+    positive(s).map(|n| n as u64)
 }
 
 /// One task's result.
@@ -129,6 +177,9 @@ fn split_of(name: &str) -> Split {
 /// failed collective setup, a model failure or a failed write. Under a multi-rank launch a
 /// failure after loading aborts the whole job (exit 1).
 pub fn run(args: &EvalArgs) -> Result<(), ExitError> {
+    if let Some(metrics) = &args.metrics {
+        return super::eval_exec::run(args, &metrics.0);
+    }
     let split = split_of(&args.split);
     let (cfg, tokenizer, model_arg) = match &args.config {
         Some(path) => {

@@ -176,7 +176,7 @@ fn template_name(t: &TemplateConfig) -> &'static str {
 /// `[system_prefix system system_suffix] user_prefix prompt user_suffix assistant_prefix`,
 /// each piece tokenized separately exactly as [`Encoder::encode`] does for training samples.
 /// `system` defaults to the template's default system message.
-fn chat_prompt(enc: &Encoder, prompt: &str, system: Option<&str>) -> Vec<u32> {
+pub(super) fn chat_prompt(enc: &Encoder, prompt: &str, system: Option<&str>) -> Vec<u32> {
     let t = enc.template();
     let mut ids = Vec::new();
     if let Some(sys) = system.or(t.default_system.as_deref()) {
@@ -195,7 +195,7 @@ fn chat_prompt(enc: &Encoder, prompt: &str, system: Option<&str>) -> Vec<u32> {
 /// next to `tokenizer.json` when there is one (a string or `{"content": ...}`), else the first
 /// of [`EOS_CANDIDATES`] that is a token of `tok`. A missing or unreadable config file only
 /// means falling back to the candidates.
-fn tokenizer_eos(tok: &Tokenizer, tokenizer_path: &Path) -> Option<u32> {
+pub(super) fn tokenizer_eos(tok: &Tokenizer, tokenizer_path: &Path) -> Option<u32> {
     let from_config = tokenizer_path
         .parent()
         .map(|dir| dir.join("tokenizer_config.json"))

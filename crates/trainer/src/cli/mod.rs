@@ -7,6 +7,8 @@ mod compare;
 mod data;
 mod doctor;
 mod eval;
+mod eval_exec;
+mod eval_generate;
 mod generate;
 mod merge;
 mod model_path;
@@ -49,7 +51,7 @@ enum Command {
     /// the training launcher, e.g. `mpirun -n 4 coba-dist doctor`).
     Doctor(doctor::DoctorArgs),
     /// Per-task mean NLL, perplexity and token count of a model on a split (sharded under mpirun).
-    Eval(eval::EvalArgs),
+    Eval(Box<eval::EvalArgs>),
     /// Generate a completion for one prompt (chat template or --raw), printed on stdout.
     Generate(generate::GenerateArgs),
     /// Draw a run's metrics.jsonl as PNG charts (loss ratios, weights, DF, train loss).

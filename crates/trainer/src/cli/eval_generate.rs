@@ -1,0 +1,134 @@
+//! Greedy generation for `eval --metrics`: each problem's prompt rendered as a one-turn chat
+//! with the training template, decoded greedily with the KV cache until the model's
+//! end-of-sequence token, the problem's stop rule ([`codeexec::stops`]) or the token limit.
+//! Under a launcher every rank generates problems `i` with `i % world_size == rank`, and
+//! rank 0 gathers the texts (one broadcast per rank).
+
+use super::generate::chat_prompt;
+use ::data::tokenize::Encoder;
+use anyhow::{anyhow, Context};
+use codeexec::Problem;
+use collectives::Communicator;
+use model::{CausalLm, Model, Sampling};
+use serde::{Deserialize, Serialize};
+
+/// One generated completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generated {
+    /// Index of the problem in the evaluated list.
+    pub index: usize,
+    /// The text after the prompt, cut at the stop rule (special tokens removed).
+    pub completion: String,
+    /// Tokens generated (including any cut off by the stop rule).
+    pub tokens: usize,
+    /// Why it stopped: `eos`, `stop` (the problem's rule) or `length`.
+    pub finish: String,
+}
+
+/// Generates this rank's share of `problems` (with `log_every` progress lines on rank 0).
+///
+/// # Errors
+/// A prompt with token ids outside the model's vocabulary, a tensor failure, or a
+/// tokenizer failure, naming the problem.
+pub fn generate_shard(
+    model: &Model,
+    enc: &Encoder,
+    stop_ids: &[u32],
+    problems: &[&Problem],
+    max_new_tokens: usize,
+    comm: &dyn Communicator,
+) -> anyhow::Result<Vec<Generated>> {
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let vocab = model.vocab_size();
+    let mine: Vec<usize> = (0..problems.len()).filter(|i| i % world == rank).collect();
+    let start = std::time::Instant::now();
+    let mut out = Vec::with_capacity(mine.len());
+    let mut tokens_total = 0usize;
+    for (k, &i) in mine.iter().enumerate() {
+        let p = problems[i];
+        let prompt = chat_prompt(enc, &p.prompt, None);
+        if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
+            return Err(anyhow!(
+                "problem {}: the tokenizer produces id {id} but the model's vocabulary is {vocab}",
+                p.id
+            ));
+        }
+        let tok = enc.tokenizer();
+        let mut cut: Option<usize> = None;
+        let mut done = |new: &[u32]| {
+            if new.last().is_some_and(|t| stop_ids.contains(t)) {
+                return true;
+            }
+            let text = tok.decode(new, true).unwrap_or_default();
+            cut = codeexec::stops::stop_at(&p.check, &text);
+            cut.is_some()
+        };
+        let ids = model
+            .generate_until(&prompt, max_new_tokens, Sampling::Greedy, &mut done)
+            .with_context(|| format!("generating for problem {}", p.id))?;
+        let eos = ids.last().is_some_and(|t| stop_ids.contains(t));
+        let body = if eos { &ids[..ids.len() - 1] } else { &ids[..] };
+        let mut text = tok
+            .decode(body, true)
+            .map_err(|e| anyhow!("decoding problem {}: {e}", p.id))?;
+        let finish = match (eos, codeexec::stops::stop_at(&p.check, &text)) {
+            (true, _) => "eos",
+            (false, Some(c)) => {
+                text.truncate(c);
+                "stop"
+            }
+            (false, None) => "length",
+        };
+        tokens_total += ids.len();
+        out.push(Generated {
+            index: i,
+            completion: text,
+            tokens: ids.len(),
+            finish: finish.to_string(),
+        });
+        if rank == 0 && (k + 1) % 10 == 0 {
+            let s = start.elapsed().as_secs_f64();
+            tracing::info!(
+                "generated {}/{} on rank 0 ({:.1} tokens/s, {:.0} s)",
+                k + 1,
+                mine.len(),
+                tokens_total as f64 / s.max(1e-9),
+                s
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Rank 0 receives every rank's [`Generated`] list (sorted by index); other ranks get `None`.
+///
+/// # Errors
+/// A failed broadcast or an undecodable message.
+pub fn gather(
+    comm: &dyn Communicator,
+    mine: Vec<Generated>,
+) -> anyhow::Result<Option<Vec<Generated>>> {
+    if comm.world_size() == 1 {
+        return Ok(Some(mine));
+    }
+    let mut all = Vec::new();
+    for r in 0..comm.world_size() {
+        let mut buf = if r == comm.rank() {
+            serde_json::to_vec(&mine)?
+        } else {
+            Vec::new()
+        };
+        comm.broadcast_bytes(&mut buf, r)
+            .with_context(|| format!("gathering the completions of rank {r}"))?;
+        if comm.rank() == 0 {
+            let part: Vec<Generated> = serde_json::from_slice(&buf)
+                .with_context(|| format!("decoding the completions of rank {r}"))?;
+            all.extend(part);
+        }
+    }
+    if comm.rank() != 0 {
+        return Ok(None);
+    }
+    all.sort_by_key(|g| g.index);
+    Ok(Some(all))
+}
