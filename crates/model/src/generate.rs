@@ -72,6 +72,69 @@ pub(crate) fn generate<M: CausalLm + ?Sized>(
     Ok(out)
 }
 
+/// See [`CausalLm::generate_batch`].
+pub(crate) fn generate_batch<M: CausalLm + ?Sized>(
+    m: &M,
+    prompts: &[Vec<u32>],
+    max_new: usize,
+    done: &mut dyn FnMut(usize, &[u32]) -> bool,
+) -> Result<Vec<Vec<u32>>, ModelError> {
+    if prompts.iter().any(|p| p.is_empty()) {
+        return Err(ModelError::Batch("empty prompt".into()));
+    }
+    let mut outs: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    if prompts.is_empty() || max_new == 0 {
+        return Ok(outs);
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let pad: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let mut cache = KvCache::with_padding(pad.clone());
+    // Filler ids are the row's own first token (any id in the vocabulary would do: masked).
+    let mut pending: Vec<u32> = prompts
+        .iter()
+        .zip(&pad)
+        .flat_map(|(p, &n)| std::iter::repeat_n(p[0], n).chain(p.iter().copied()))
+        .collect();
+    // active[i]: the prompt index of batch row i.
+    let mut active: Vec<usize> = (0..prompts.len()).collect();
+    let (w, b) = m.head(false);
+    for _ in 0..max_new {
+        let Some(h) = m.hidden_cached(&pending, &mut cache)? else {
+            // No KV cache: one prompt at a time.
+            for (r, p) in prompts.iter().enumerate() {
+                outs[r] = generate(m, p, max_new, Sampling::Greedy, &mut |o| done(r, o))?;
+            }
+            return Ok(outs);
+        };
+        let last = h.narrow(1, h.dim(1)? - 1, 1)?.squeeze(1)?;
+        let logits = last.matmul(&w.t()?)?;
+        let logits = match &b {
+            Some(b) => logits.broadcast_add(b)?,
+            None => logits,
+        };
+        let next: Vec<u32> = logits
+            .to_dtype(DType::F32)?
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?;
+        let mut keep = Vec::with_capacity(active.len());
+        for (i, (&r, &t)) in active.iter().zip(&next).enumerate() {
+            outs[r].push(t);
+            if !done(r, &outs[r]) {
+                keep.push(i);
+            }
+        }
+        if keep.is_empty() {
+            break;
+        }
+        if keep.len() < active.len() {
+            cache.retain_rows(&keep)?;
+            active = keep.iter().map(|&i| active[i]).collect();
+        }
+        pending = active.iter().map(|&r| outs[r][outs[r].len() - 1]).collect();
+    }
+    Ok(outs)
+}
+
 /// Index drawn from `softmax(logits / temperature)` using the uniform draw `u` in `(0, 1]`.
 fn sample(logits: &[f64], temperature: f64, u: f64) -> u32 {
     let t = temperature.max(1e-6);

@@ -428,9 +428,8 @@ impl Llama {
         let x = w(&self.embed, self.track_base(track))
             .index_select(&ids, 0)?
             .reshape((rows, seq, d))?;
-        let start = cache.as_ref().map_or(0, |c| c.len());
         let tables = RopeTables::new(
-            &positions(batch, start),
+            &positions(batch, cache.as_deref()),
             rows,
             seq,
             self.cfg.head_dim(),
@@ -492,7 +491,8 @@ impl CausalLm for Llama {
         ids: &[u32],
         cache: &mut KvCache,
     ) -> Result<Option<Tensor>, ModelError> {
-        let batch = TokenBatch::inputs(1, ids.len(), ids.to_vec());
+        let rows = cache.rows();
+        let batch = TokenBatch::inputs(rows, ids.len() / rows, ids.to_vec());
         self.hidden_states(&batch, false, Some(cache)).map(Some)
     }
 

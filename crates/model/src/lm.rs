@@ -19,9 +19,10 @@ pub trait CausalLm {
     /// A malformed batch or a tensor failure.
     fn hidden(&self, batch: &TokenBatch, track: bool) -> Result<Tensor, ModelError>;
 
-    /// Final hidden states `(1, ids.len(), hidden)` of `ids` appended after the positions in
-    /// `cache` (no graph; RoPE positions continue from `cache.len()`), which grows by
-    /// `ids.len()`. `None` when the model has no cached decoding (callers re-run
+    /// Final hidden states `(rows, n, hidden)` of `ids` (row-major, `rows * n` ids for the
+    /// cache's `rows`, [`KvCache::rows`]) appended after the positions in `cache` (no graph;
+    /// RoPE positions continue from `cache.len()` net of each row's left padding), which grows
+    /// by `n`. `None` when the model has no cached decoding (callers re-run
     /// [`CausalLm::hidden`] over the whole sequence instead).
     ///
     /// # Errors
@@ -126,6 +127,24 @@ pub trait CausalLm {
     ) -> Result<Vec<u32>, ModelError> {
         let mut done = |out: &[u32]| out.last().is_some_and(|t| stop.contains(t));
         super::generate::generate(self, prompt, max_new, sampling, &mut done)
+    }
+
+    /// Greedy decoding of several prompts at once (left-padded into one batch, one KV cache;
+    /// a finished row leaves the batch): row r gets up to `max_new` tokens and stops after
+    /// the first token for which `done(r, new_tokens_of_r)` is true. Returns each row's new
+    /// tokens. The same tokens as [`CausalLm::generate_until`] per prompt up to float
+    /// rounding of the batched products (ties of the argmax aside). Models without a KV
+    /// cache decode the prompts one by one.
+    ///
+    /// # Errors
+    /// An empty prompt, ids outside the vocabulary, or a tensor failure.
+    fn generate_batch(
+        &self,
+        prompts: &[Vec<u32>],
+        max_new: usize,
+        done: &mut dyn FnMut(usize, &[u32]) -> bool,
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
+        super::generate::generate_batch(self, prompts, max_new, done)
     }
 
     /// As [`CausalLm::generate`], but stops when `done(new_tokens)` is true after a token

@@ -80,3 +80,77 @@ fn greedy_generation_matches_an_argmax_loop_over_full_forwards() {
         assert_eq!(got, tokens[prompt.len()..], "{name}");
     }
 }
+
+#[test]
+fn padded_batch_hidden_states_equal_each_row_alone() {
+    // Rows of 5, 2 and 4 prompt ids, left-padded to 5, then two tokens per row.
+    let rows: [Vec<u32>; 3] = [vec![3, 17, 5, 28, 0], vec![9, 14], vec![1, 2, 3, 4]];
+    let next: [[u32; 2]; 3] = [[7, 8], [20, 21], [11, 12]];
+    for (name, m) in models() {
+        let pad: Vec<usize> = rows.iter().map(|r| 5 - r.len()).collect();
+        let mut cache = KvCache::with_padding(pad.clone());
+        let ids: Vec<u32> = rows
+            .iter()
+            .zip(&pad)
+            .flat_map(|(r, &p)| std::iter::repeat_n(28, p).chain(r.iter().copied()))
+            .collect();
+        let first = m.hidden_cached(&ids, &mut cache).unwrap().unwrap();
+        let mut steps = vec![];
+        for k in 0..2 {
+            let ids: Vec<u32> = next.iter().map(|n| n[k]).collect();
+            steps.push(m.hidden_cached(&ids, &mut cache).unwrap().unwrap());
+        }
+        for (r, row) in rows.iter().enumerate() {
+            let mut all = row.clone();
+            all.extend(next[r]);
+            let alone = full_hidden(m.as_ref(), &all);
+            let got = Tensor::cat(
+                &[
+                    first.get(r).unwrap().narrow(0, pad[r], row.len()).unwrap(),
+                    steps[0].get(r).unwrap(),
+                    steps[1].get(r).unwrap(),
+                ],
+                0,
+            )
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+            let d = max_abs_diff(&got, &alone);
+            assert!(
+                d < 1e-12,
+                "{name} row {r}: padded batch vs alone differ by {d:e}"
+            );
+        }
+        // Dropping row 1 keeps the others' caches.
+        cache.retain_rows(&[0, 2]).unwrap();
+        assert_eq!(cache.padding(), [pad[0], pad[2]]);
+        let h = m.hidden_cached(&[5, 6], &mut cache).unwrap().unwrap();
+        let mut all = rows[2].clone();
+        all.extend(next[2]);
+        all.push(6);
+        let alone = full_hidden(m.as_ref(), &all);
+        let d = max_abs_diff(
+            &h.get(1).unwrap().unsqueeze(0).unwrap(),
+            &alone.narrow(1, all.len() - 1, 1).unwrap(),
+        );
+        assert!(d < 1e-12, "{name}: after retain_rows, {d:e}");
+    }
+}
+
+#[test]
+fn batched_greedy_generation_equals_one_prompt_at_a_time() {
+    let prompts: Vec<Vec<u32>> = vec![vec![4, 11, 2], vec![7], vec![1, 2, 3, 4, 5, 6], vec![9, 9]];
+    for (name, m) in models() {
+        // Row r stops after 3 + r tokens or at token 0.
+        let stop = |r: usize, out: &[u32]| out.len() >= 3 + r || out.last() == Some(&0);
+        let got = m
+            .generate_batch(&prompts, 10, &mut |r, out| stop(r, out))
+            .unwrap();
+        for (r, p) in prompts.iter().enumerate() {
+            let alone = m
+                .generate_until(p, 10, Sampling::Greedy, &mut |out| stop(r, out))
+                .unwrap();
+            assert_eq!(got[r], alone, "{name} prompt {r}");
+        }
+    }
+}
