@@ -70,10 +70,30 @@ pub fn mbpp_code(completion: &str) -> &str {
     completion.split("```").next().unwrap_or("")
 }
 
+/// Where the code of a generation starts: after a first line that opens a Markdown fence
+/// (```` ```python ````), which chat models put before code; 0 otherwise. `None` while the
+/// text is only an unfinished fence line (wait for more before judging a stop).
+pub fn code_start(text: &str) -> Option<usize> {
+    let lead = text.len() - text.trim_start_matches(['\n', ' ']).len();
+    if !text[lead..].starts_with("```") {
+        return if "```".starts_with(text[lead..].trim_end()) && !text[lead..].contains('\n') {
+            None
+        } else {
+            Some(0)
+        };
+    }
+    text[lead..].find('\n').map(|nl| lead + nl + 1)
+}
+
 /// The program for `problem` and `completion` (the text generated after the prompt); `None`
 /// for a GSM8K problem, which is checked without running anything.
+///
+/// A completion whose first line opens a Markdown fence has that line dropped
+/// ([`code_start`]; the one leniency over CodeGeeX/MBPP, so a chat model's answer is judged
+/// on its code; a trained model continues the prompt and is unaffected).
 pub fn compose(problem: &Problem, completion: &str) -> Option<Program> {
     let prompt = problem.prompt.as_str();
+    let completion = &completion[code_start(completion).unwrap_or(0)..];
     match &problem.check {
         Check::Gsm8k { .. } => None,
         Check::Mbpp {
@@ -149,6 +169,17 @@ mod tests {
             Some("import (\n\"fmt\"\n    \"math/rand\"\n)")
         );
         assert_eq!(go_extra_imports(setup, "return 1"), None);
+    }
+
+    #[test]
+    fn a_leading_fence_line_is_skipped() {
+        assert_eq!(code_start("```python\ndef f():"), Some(10));
+        assert_eq!(code_start("\n```\nx"), Some(5));
+        assert_eq!(code_start("```pyth"), None, "unfinished fence line");
+        assert_eq!(code_start("``"), None);
+        assert_eq!(code_start(""), None);
+        assert_eq!(code_start("    return 1"), Some(0));
+        assert_eq!(code_start("x = 1\n```"), Some(0));
     }
 
     #[test]

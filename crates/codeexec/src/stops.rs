@@ -13,6 +13,15 @@ use crate::problems::{Check, Lang};
 /// The length of `text` to keep once generation for `check` should stop, or `None` to go on.
 /// `text` is everything generated so far for the problem.
 pub fn stop_at(check: &Check, text: &str) -> Option<usize> {
+    if let Check::Gsm8k { .. } = check {
+        return rule(check, text);
+    }
+    // Code: the rules apply after a leading fence line (see `compose::code_start`).
+    let start = crate::compose::code_start(text)?;
+    rule(check, &text[start..]).map(|cut| start + cut)
+}
+
+fn rule(check: &Check, text: &str) -> Option<usize> {
     match check {
         Check::Mbpp { .. } => text.find("```"),
         Check::Gsm8k { .. } => {
@@ -82,6 +91,26 @@ mod tests {
         // Java closes the method (indented) and then the class (column 0).
         let java = "        return 0;\n    }\n}\n";
         assert_eq!(stop_at(&he(Lang::Java), java), Some(java.len()));
+    }
+
+    #[test]
+    fn rules_apply_after_a_leading_fence() {
+        let m = Check::Mbpp {
+            test_setup_code: String::new(),
+            test_list: vec![],
+        };
+        assert_eq!(stop_at(&m, "```"), None);
+        assert_eq!(stop_at(&m, "```python"), None);
+        let t = "```python\ndef f():\n    return 1\n```\nThis function";
+        assert_eq!(
+            &t[..stop_at(&m, t).unwrap()],
+            "```python\ndef f():\n    return 1\n"
+        );
+        let t = "```cpp\n    return 1;\n}\nint";
+        assert_eq!(
+            &t[..stop_at(&he(Lang::Cpp), t).unwrap()],
+            "```cpp\n    return 1;\n}\n"
+        );
     }
 
     #[test]

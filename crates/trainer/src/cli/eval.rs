@@ -99,6 +99,10 @@ pub struct EvalArgs {
     /// Token limit per generated completion.
     #[arg(long, value_name = "N", default_value_t = 512, value_parser = positive)]
     pub(super) max_new_tokens: usize,
+    /// Prompts decoded together (left-padded into one batch; larger is faster on the CPU up
+    /// to the memory of the KV cache).
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = positive)]
+    pub(super) gen_batch: usize,
     /// Programs run at once (default: the number of cores).
     #[arg(long, value_name = "N", value_parser = positive, requires = "metrics")]
     pub(super) jobs: Option<usize>,

@@ -481,7 +481,15 @@ fn generate_all(
         comm.world_size(),
         args.max_new_tokens
     );
-    let mine = generate_shard(&model, &enc, &stop_ids, &refs, args.max_new_tokens, comm);
+    let mine = generate_shard(
+        &model,
+        &enc,
+        &stop_ids,
+        &refs,
+        args.max_new_tokens,
+        args.gen_batch,
+        comm,
+    );
     let mine = if comm.world_size() > 1 {
         exit_on_error(comm, mine)
     } else {

@@ -1,6 +1,7 @@
 //! Greedy generation for `eval --metrics`: each problem's prompt rendered as a one-turn chat
-//! with the training template, decoded greedily with the KV cache until the model's
-//! end-of-sequence token, the problem's stop rule ([`codeexec::stops`]) or the token limit.
+//! with the training template, decoded greedily with the KV cache (batches of left-padded
+//! prompts, [`model::CausalLm::generate_batch`]) until the model's end-of-sequence token, the
+//! problem's stop rule ([`codeexec::stops`]) or the token limit.
 //! Under a launcher every rank generates problems `i` with `i % world_size == rank`, and
 //! rank 0 gathers the texts (one broadcast per rank).
 
@@ -9,7 +10,7 @@ use ::data::tokenize::Encoder;
 use anyhow::{anyhow, Context};
 use codeexec::Problem;
 use collectives::Communicator;
-use model::{CausalLm, Model, Sampling};
+use model::{CausalLm, Model};
 use serde::{Deserialize, Serialize};
 
 /// One generated completion.
@@ -25,7 +26,8 @@ pub struct Generated {
     pub finish: String,
 }
 
-/// Generates this rank's share of `problems` (with `log_every` progress lines on rank 0).
+/// Generates this rank's share of `problems`, `batch` prompts at a time (sorted by prompt
+/// length, so padding stays small), logging progress on rank 0.
 ///
 /// # Errors
 /// A prompt with token ids outside the model's vocabulary, a tensor failure, or a
@@ -36,15 +38,13 @@ pub fn generate_shard(
     stop_ids: &[u32],
     problems: &[&Problem],
     max_new_tokens: usize,
+    batch: usize,
     comm: &dyn Communicator,
 ) -> anyhow::Result<Vec<Generated>> {
     let (rank, world) = (comm.rank(), comm.world_size());
     let vocab = model.vocab_size();
-    let mine: Vec<usize> = (0..problems.len()).filter(|i| i % world == rank).collect();
-    let start = std::time::Instant::now();
-    let mut out = Vec::with_capacity(mine.len());
-    let mut tokens_total = 0usize;
-    for (k, &i) in mine.iter().enumerate() {
+    let mut mine: Vec<(usize, Vec<u32>)> = Vec::new();
+    for i in (0..problems.len()).filter(|i| i % world == rank) {
         let p = problems[i];
         let prompt = chat_prompt(enc, &p.prompt, None);
         if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
@@ -53,44 +53,53 @@ pub fn generate_shard(
                 p.id
             ));
         }
-        let tok = enc.tokenizer();
-        let mut cut: Option<usize> = None;
-        let mut done = |new: &[u32]| {
+        mine.push((i, prompt));
+    }
+    mine.sort_by_key(|(i, p)| (p.len(), *i));
+    let start = std::time::Instant::now();
+    let tok = enc.tokenizer();
+    let mut out = Vec::with_capacity(mine.len());
+    let mut tokens_total = 0usize;
+    for chunk in mine.chunks(batch.max(1)) {
+        let prompts: Vec<Vec<u32>> = chunk.iter().map(|(_, p)| p.clone()).collect();
+        let mut done = |r: usize, new: &[u32]| {
             if new.last().is_some_and(|t| stop_ids.contains(t)) {
                 return true;
             }
             let text = tok.decode(new, true).unwrap_or_default();
-            cut = codeexec::stops::stop_at(&p.check, &text);
-            cut.is_some()
+            codeexec::stops::stop_at(&problems[chunk[r].0].check, &text).is_some()
         };
         let ids = model
-            .generate_until(&prompt, max_new_tokens, Sampling::Greedy, &mut done)
-            .with_context(|| format!("generating for problem {}", p.id))?;
-        let eos = ids.last().is_some_and(|t| stop_ids.contains(t));
-        let body = if eos { &ids[..ids.len() - 1] } else { &ids[..] };
-        let mut text = tok
-            .decode(body, true)
-            .map_err(|e| anyhow!("decoding problem {}: {e}", p.id))?;
-        let finish = match (eos, codeexec::stops::stop_at(&p.check, &text)) {
-            (true, _) => "eos",
-            (false, Some(c)) => {
-                text.truncate(c);
-                "stop"
-            }
-            (false, None) => "length",
-        };
-        tokens_total += ids.len();
-        out.push(Generated {
-            index: i,
-            completion: text,
-            tokens: ids.len(),
-            finish: finish.to_string(),
-        });
-        if rank == 0 && (k + 1) % 10 == 0 {
+            .generate_batch(&prompts, max_new_tokens, &mut done)
+            .with_context(|| format!("generating for problem {}", problems[chunk[0].0].id))?;
+        for ((i, _), ids) in chunk.iter().zip(ids) {
+            let p = problems[*i];
+            let eos = ids.last().is_some_and(|t| stop_ids.contains(t));
+            let body = if eos { &ids[..ids.len() - 1] } else { &ids[..] };
+            let mut text = tok
+                .decode(body, true)
+                .map_err(|e| anyhow!("decoding problem {}: {e}", p.id))?;
+            let finish = match (eos, codeexec::stops::stop_at(&p.check, &text)) {
+                (true, _) => "eos",
+                (false, Some(c)) => {
+                    text.truncate(c);
+                    "stop"
+                }
+                (false, None) => "length",
+            };
+            tokens_total += ids.len();
+            out.push(Generated {
+                index: *i,
+                completion: text,
+                tokens: ids.len(),
+                finish: finish.to_string(),
+            });
+        }
+        if rank == 0 {
             let s = start.elapsed().as_secs_f64();
             tracing::info!(
                 "generated {}/{} on rank 0 ({:.1} tokens/s, {:.0} s)",
-                k + 1,
+                out.len(),
                 mine.len(),
                 tokens_total as f64 / s.max(1e-9),
                 s
@@ -109,6 +118,8 @@ pub fn gather(
     mine: Vec<Generated>,
 ) -> anyhow::Result<Option<Vec<Generated>>> {
     if comm.world_size() == 1 {
+        let mut mine = mine;
+        mine.sort_by_key(|g| g.index);
         return Ok(Some(mine));
     }
     let mut all = Vec::new();
