@@ -6,7 +6,7 @@ use super::error::ModelError;
 use super::init::SplitMix64;
 use super::kv_cache::KvCache;
 use super::lm::CausalLm;
-use candle_core::{DType, D};
+use candle_core::{DType, Tensor, D};
 
 /// How the next token is picked.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -77,6 +77,7 @@ pub(crate) fn generate_batch<M: CausalLm + ?Sized>(
     m: &M,
     prompts: &[Vec<u32>],
     max_new: usize,
+    max_rows: usize,
     done: &mut dyn FnMut(usize, &[u32]) -> bool,
 ) -> Result<Vec<Vec<u32>>, ModelError> {
     if prompts.iter().any(|p| p.is_empty()) {
@@ -86,51 +87,103 @@ pub(crate) fn generate_batch<M: CausalLm + ?Sized>(
     if prompts.is_empty() || max_new == 0 {
         return Ok(outs);
     }
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let pad: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
-    let mut cache = KvCache::with_padding(pad.clone());
-    // Filler ids are the row's own first token (any id in the vocabulary would do: masked).
-    let mut pending: Vec<u32> = prompts
-        .iter()
-        .zip(&pad)
-        .flat_map(|(p, &n)| std::iter::repeat_n(p[0], n).chain(p.iter().copied()))
-        .collect();
-    // active[i]: the prompt index of batch row i.
-    let mut active: Vec<usize> = (0..prompts.len()).collect();
+    // Longest first: a later prompt always fits, left-padded, into the running cache.
+    let mut queue: Vec<usize> = (0..prompts.len()).collect();
+    queue.sort_by_key(|&r| (prompts[r].len(), std::cmp::Reverse(r)));
     let (w, b) = m.head(false);
-    for _ in 0..max_new {
-        let Some(h) = m.hidden_cached(&pending, &mut cache)? else {
-            // No KV cache: one prompt at a time.
-            for (r, p) in prompts.iter().enumerate() {
-                outs[r] = generate(m, p, max_new, Sampling::Greedy, &mut |o| done(r, o))?;
-            }
-            return Ok(outs);
-        };
+    let next_tokens = |h: &Tensor| -> Result<Vec<u32>, ModelError> {
         let last = h.narrow(1, h.dim(1)? - 1, 1)?.squeeze(1)?;
         let logits = last.matmul(&w.t()?)?;
         let logits = match &b {
             Some(b) => logits.broadcast_add(b)?,
             None => logits,
         };
-        let next: Vec<u32> = logits
+        Ok(logits
             .to_dtype(DType::F32)?
             .argmax(D::Minus1)?
-            .to_vec1::<u32>()?;
+            .to_vec1::<u32>()?)
+    };
+    let mut is_done = |r: usize, out: &[u32]| out.len() >= max_new || done(r, out);
+    // active[i]: the prompt index of cache row i; pending[i]: its next input token.
+    let mut active: Vec<usize> = Vec::new();
+    let mut pending: Vec<u32> = Vec::new();
+    let mut cache: Option<KvCache> = None;
+    loop {
+        // Admit queued prompts into free rows: one prefill forward over the new prompts
+        // (padded to the longest of them), then their rows join the cache, left-padded to its
+        // length (a later prompt is never longer: the queue is longest first).
+        let free = max_rows
+            .max(1)
+            .saturating_sub(active.len())
+            .min(queue.len());
+        if free > 0 {
+            let new: Vec<usize> = (0..free).filter_map(|_| queue.pop()).collect();
+            let len = new.iter().map(|&r| prompts[r].len()).max().unwrap_or(0);
+            let pad: Vec<usize> = new.iter().map(|&r| len - prompts[r].len()).collect();
+            let ids: Vec<u32> = new
+                .iter()
+                .zip(&pad)
+                .flat_map(|(&r, &n)| {
+                    std::iter::repeat_n(prompts[r][0], n).chain(prompts[r].iter().copied())
+                })
+                .collect();
+            let mut fresh = KvCache::with_padding(pad);
+            let Some(h) = m.hidden_cached(&ids, &mut fresh)? else {
+                // No KV cache: one prompt at a time.
+                for (r, p) in prompts.iter().enumerate() {
+                    outs[r] = generate(m, p, max_new, Sampling::Greedy, &mut |o| done(r, o))?;
+                }
+                return Ok(outs);
+            };
+            let mut keep = Vec::new();
+            for (i, (&r, t)) in new.iter().zip(next_tokens(&h)?).enumerate() {
+                outs[r].push(t);
+                if !is_done(r, &outs[r]) {
+                    keep.push(i);
+                }
+            }
+            if keep.len() < new.len() {
+                fresh.retain_rows(&keep)?;
+            }
+            if !keep.is_empty() {
+                cache = Some(match cache.take() {
+                    Some(mut c) if !active.is_empty() => {
+                        c.append_rows(fresh)?;
+                        c
+                    }
+                    _ => fresh,
+                });
+                for i in keep {
+                    active.push(new[i]);
+                    pending.push(*outs[new[i]].last().unwrap_or(&0));
+                }
+            }
+        }
+        if active.is_empty() {
+            if queue.is_empty() {
+                break;
+            }
+            continue;
+        }
+        let Some(c) = cache.as_mut() else { break };
+        let Some(h) = m.hidden_cached(&pending, c)? else {
+            break;
+        };
         let mut keep = Vec::with_capacity(active.len());
-        for (i, (&r, &t)) in active.iter().zip(&next).enumerate() {
+        for (i, (&r, t)) in active.iter().zip(next_tokens(&h)?).enumerate() {
             outs[r].push(t);
-            if !done(r, &outs[r]) {
+            if !is_done(r, &outs[r]) {
                 keep.push(i);
             }
         }
-        if keep.is_empty() {
-            break;
-        }
         if keep.len() < active.len() {
-            cache.retain_rows(&keep)?;
+            c.retain_rows(&keep)?;
             active = keep.iter().map(|&i| active[i]).collect();
         }
-        pending = active.iter().map(|&r| outs[r][outs[r].len() - 1]).collect();
+        pending = active
+            .iter()
+            .map(|&r| *outs[r].last().unwrap_or(&0))
+            .collect();
     }
     Ok(outs)
 }

@@ -81,6 +81,43 @@ impl KvCache {
         Ok(())
     }
 
+    /// Appends the rows of `other` (e.g. new prompts, prefilled on their own) after this
+    /// cache's rows, left-padding them to this cache's length: their positions keep their
+    /// RoPE positions, the filler is masked.
+    ///
+    /// # Errors
+    /// `other` longer than this cache, different layer counts, or a tensor failure.
+    pub fn append_rows(&mut self, other: KvCache) -> std::result::Result<(), ModelError> {
+        if other.len > self.len || other.layers.len() != self.layers.len() {
+            return Err(ModelError::Batch(format!(
+                "appending a KV cache of {} positions x {} layers to one of {} x {}",
+                other.len,
+                other.layers.len(),
+                self.len,
+                self.layers.len()
+            )));
+        }
+        let own = if self.pad.is_empty() {
+            vec![0]
+        } else {
+            self.pad.clone()
+        };
+        let shift = self.len - other.len;
+        let theirs: Vec<usize> = if other.pad.is_empty() {
+            vec![shift]
+        } else {
+            other.pad.iter().map(|p| p + shift).collect()
+        };
+        for (mine, new) in self.layers.iter_mut().zip(other.layers) {
+            let (k1, v1) = mine.filled()?;
+            let (k2, v2) = new.filled()?;
+            let (k2, v2) = (left_pad(k2, shift)?, left_pad(v2, shift)?);
+            mine.set_filled(cat_rows(k1, k2)?, cat_rows(v1, v2)?)?;
+        }
+        self.pad = own.into_iter().chain(theirs).collect();
+        Ok(())
+    }
+
     /// RoPE positions of `seq` new positions of every row: absolute index minus the row's
     /// padding (0 on filler positions), row-major.
     pub(crate) fn padded_positions(&self, seq: usize) -> Vec<u32> {
@@ -109,11 +146,105 @@ impl KvCache {
     }
 }
 
-/// One layer's cached keys and values, `(rows, kv_heads, len, head_dim)` each.
+/// `t` `(rows, kv, len, hd)` with `n` zero positions in front.
+fn left_pad(t: Option<Tensor>, n: usize) -> Result<Option<Tensor>> {
+    let Some(t) = t else { return Ok(None) };
+    if n == 0 {
+        return Ok(Some(t));
+    }
+    let (rows, kv, _, hd) = t.dims4()?;
+    let zeros = Tensor::zeros((rows, kv, n, hd), t.dtype(), t.device())?;
+    Ok(Some(Tensor::cat(&[&zeros, &t], 2)?))
+}
+
+fn cat_rows(a: Option<Tensor>, b: Option<Tensor>) -> Result<Option<Tensor>> {
+    Ok(match (a, b) {
+        (Some(a), Some(b)) => Some(Tensor::cat(&[&a, &b], 0)?),
+        (a, b) => a.or(b),
+    })
+}
+
+/// One layer's cached keys and values: buffers `(rows, kv_heads, capacity, head_dim)` of
+/// which the first `len` positions are filled. New positions are written in place
+/// (`slice_set`); the capacity doubles when full, so a decode step copies one position, not
+/// the whole cache.
 #[derive(Debug, Default)]
 pub struct LayerCache {
     k: Option<Tensor>,
     v: Option<Tensor>,
+    len: usize,
+}
+
+impl LayerCache {
+    /// Writes `k`, `v` `(rows, kv_heads, n, hd)` after the cached positions; returns views of
+    /// all `len + n` positions.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let n = k.dim(2)?;
+        let need = self.len + n;
+        let cap = match &self.k {
+            Some(b) => b.dim(2)?,
+            None => 0,
+        };
+        if need > cap {
+            let new_cap = need.max(2 * cap).max(64);
+            self.k = Some(grow(self.k.take(), k, self.len, new_cap)?);
+            self.v = Some(grow(self.v.take(), v, self.len, new_cap)?);
+        }
+        let (kb, vb) = match (&self.k, &self.v) {
+            (Some(kb), Some(vb)) => (kb, vb),
+            _ => candle_core::bail!("KV cache buffers missing"),
+        };
+        kb.slice_set(&k.contiguous()?, 2, self.len)?;
+        vb.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len = need;
+        Ok((kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?))
+    }
+
+    /// The filled part, `(rows, kv_heads, len, hd)` each (contiguous copies).
+    fn filled(&self) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let part = |b: &Option<Tensor>| -> Result<Option<Tensor>> {
+            b.as_ref()
+                .map(|b| b.narrow(2, 0, self.len)?.contiguous())
+                .transpose()
+        };
+        Ok((part(&self.k)?, part(&self.v)?))
+    }
+
+    /// Replaces the buffers by ones holding exactly `k`, `v` (and room to grow).
+    fn set_filled(&mut self, k: Option<Tensor>, v: Option<Tensor>) -> Result<()> {
+        self.len = match &k {
+            Some(k) => k.dim(2)?,
+            None => 0,
+        };
+        let cap = (2 * self.len).max(64);
+        let len = self.len;
+        let place = |t: Option<Tensor>| -> Result<Option<Tensor>> {
+            t.map(|t| {
+                let buf = grow(None, &t, 0, cap)?;
+                if len > 0 {
+                    buf.slice_set(&t.contiguous()?, 2, 0)?;
+                }
+                Ok(buf)
+            })
+            .transpose()
+        };
+        self.k = place(k)?;
+        self.v = place(v)?;
+        Ok(())
+    }
+}
+
+/// A zero buffer like `like` `(rows, kv, _, hd)` with `cap` positions, holding the first
+/// `len` positions of `old` (if any).
+fn grow(old: Option<Tensor>, like: &Tensor, len: usize, cap: usize) -> Result<Tensor> {
+    let (rows, kv, _, hd) = like.dims4()?;
+    let buf = Tensor::zeros((rows, kv, cap, hd), like.dtype(), like.device())?;
+    if let Some(old) = old {
+        if len > 0 {
+            buf.slice_set(&old.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+        }
+    }
+    Ok(buf)
 }
 
 /// RoPE positions of `batch`, row-major: its own `position_ids`, else after the `cache`'s
@@ -200,16 +331,7 @@ impl Attend<'_> {
                 attention(q, &k, &v, scale, mask)
             }
             Attend::Cached(cache, pad) => {
-                let k = match cache.k.take() {
-                    Some(past) => Tensor::cat(&[&past, k], 2)?,
-                    None => k.clone(),
-                };
-                let v = match cache.v.take() {
-                    Some(past) => Tensor::cat(&[&past, v], 2)?,
-                    None => v.clone(),
-                };
-                cache.k = Some(k.clone());
-                cache.v = Some(v.clone());
+                let (k, v) = cache.append(k, v)?;
                 let (rows, n, total) = (q.dim(0)?, q.dim(2)?, k.dim(2)?);
                 let past = total - n;
                 // Query i sits at position past + i: keys j <= past + i are visible, except a
@@ -228,15 +350,22 @@ impl Attend<'_> {
                         })
                     })
                     .collect();
-                let mask =
-                    Tensor::from_vec(mask, (rows, 1, n, total), q.device())?.to_dtype(q.dtype())?;
-                let k = repeat_kv(&k, rep)?.contiguous()?;
-                let v = repeat_kv(&v, rep)?.contiguous()?;
-                let scores = q
+                let mask = Tensor::from_vec(mask, (rows, 1, 1, n, total), q.device())?
+                    .to_dtype(q.dtype())?;
+                // Grouped-query attention without repeating the cache: query heads
+                // g * rep .. (g + 1) * rep share key/value head g (the order `repeat_kv` uses).
+                let (heads, hd) = (q.dim(1)?, q.dim(3)?);
+                let kvh = heads / rep;
+                let qg = q.contiguous()?.reshape((rows, kvh, rep * n, hd))?;
+                let scores = qg
                     .matmul(&k.t()?)?
                     .affine(scale, 0.0)?
-                    .broadcast_add(&mask)?;
-                softmax_last(&scores)?.matmul(&v)
+                    .reshape((rows, kvh, rep, n, total))?
+                    .broadcast_add(&mask)?
+                    .reshape((rows, kvh, rep * n, total))?;
+                softmax_last(&scores)?
+                    .matmul(&v)?
+                    .reshape((rows, heads, n, hd))
             }
         }
     }

@@ -129,12 +129,13 @@ pub trait CausalLm {
         super::generate::generate(self, prompt, max_new, sampling, &mut done)
     }
 
-    /// Greedy decoding of several prompts at once (left-padded into one batch, one KV cache;
-    /// a finished row leaves the batch): row r gets up to `max_new` tokens and stops after
-    /// the first token for which `done(r, new_tokens_of_r)` is true. Returns each row's new
-    /// tokens. The same tokens as [`CausalLm::generate_until`] per prompt up to float
-    /// rounding of the batched products (ties of the argmax aside). Models without a KV
-    /// cache decode the prompts one by one.
+    /// Greedy decoding of several prompts at once, continuously batched: up to `max_rows`
+    /// sequences share one KV cache (left-padded to its length); a finished row leaves and the
+    /// next queued prompt (longest first) is prefilled into its place. Prompt r gets up to
+    /// `max_new` tokens and stops after the first token for which `done(r, new_tokens_of_r)`
+    /// is true. Returns each prompt's new tokens: the same as [`CausalLm::generate_until`]
+    /// per prompt up to float rounding of the batched products (ties of the argmax aside).
+    /// Models without a KV cache decode the prompts one by one.
     ///
     /// # Errors
     /// An empty prompt, ids outside the vocabulary, or a tensor failure.
@@ -142,9 +143,10 @@ pub trait CausalLm {
         &self,
         prompts: &[Vec<u32>],
         max_new: usize,
+        max_rows: usize,
         done: &mut dyn FnMut(usize, &[u32]) -> bool,
     ) -> Result<Vec<Vec<u32>>, ModelError> {
-        super::generate::generate_batch(self, prompts, max_new, done)
+        super::generate::generate_batch(self, prompts, max_new, max_rows, done)
     }
 
     /// As [`CausalLm::generate`], but stops when `done(new_tokens)` is true after a token

@@ -139,18 +139,30 @@ fn padded_batch_hidden_states_equal_each_row_alone() {
 
 #[test]
 fn batched_greedy_generation_equals_one_prompt_at_a_time() {
-    let prompts: Vec<Vec<u32>> = vec![vec![4, 11, 2], vec![7], vec![1, 2, 3, 4, 5, 6], vec![9, 9]];
+    let prompts: Vec<Vec<u32>> = vec![
+        vec![4, 11, 2],
+        vec![7],
+        vec![1, 2, 3, 4, 5, 6],
+        vec![9, 9],
+        vec![3, 1, 4, 1, 5],
+    ];
     for (name, m) in models() {
         // Row r stops after 3 + r tokens or at token 0.
         let stop = |r: usize, out: &[u32]| out.len() >= 3 + r || out.last() == Some(&0);
-        let got = m
-            .generate_batch(&prompts, 10, &mut |r, out| stop(r, out))
-            .unwrap();
-        for (r, p) in prompts.iter().enumerate() {
-            let alone = m
-                .generate_until(p, 10, Sampling::Greedy, &mut |out| stop(r, out))
+        let alone: Vec<Vec<u32>> = prompts
+            .iter()
+            .enumerate()
+            .map(|(r, p)| {
+                m.generate_until(p, 10, Sampling::Greedy, &mut |out| stop(r, out))
+                    .unwrap()
+            })
+            .collect();
+        // All rows at once, and 2 rows at a time (finished rows replaced by queued prompts).
+        for max_rows in [8, 2, 1] {
+            let got = m
+                .generate_batch(&prompts, 10, max_rows, &mut |r, out| stop(r, out))
                 .unwrap();
-            assert_eq!(got[r], alone, "{name} prompt {r}");
+            assert_eq!(got, alone, "{name}, {max_rows} rows at a time");
         }
     }
 }

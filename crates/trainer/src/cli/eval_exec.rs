@@ -59,7 +59,20 @@ pub fn run(args: &EvalArgs, metrics: &[Metric]) -> Result<(), ExitError> {
     let mut plan = plan(args, metrics)?;
     let start = std::time::Instant::now();
     let (completions, gen_stats) = match &args.completions {
-        Some(path) => (read_completions(path, &mut plan.problems)?, None),
+        Some(path) => {
+            let texts = read_completions(path, &mut plan.problems)?;
+            let given = texts
+                .into_iter()
+                .enumerate()
+                .map(|(index, completion)| Generated {
+                    index,
+                    completion,
+                    tokens: 0,
+                    finish: "given".into(),
+                })
+                .collect();
+            (given, None)
+        }
         None => {
             let (c, stats) = generate_all(args, &plan)?;
             match c {
@@ -97,7 +110,7 @@ pub fn run(args: &EvalArgs, metrics: &[Metric]) -> Result<(), ExitError> {
         .problems
         .iter()
         .zip(&completions)
-        .map(|(p, c)| (p, c.as_str()))
+        .map(|(p, c)| (p, c.completion.as_str()))
         .collect();
     let exec_start = std::time::Instant::now();
     let n = items.len();
@@ -180,6 +193,10 @@ struct ProgramLine<'a> {
     id: &'a str,
     lang: &'a str,
     completion: &'a str,
+    /// Tokens generated (0 for given completions).
+    tokens: usize,
+    /// `eos`, `stop` (the problem's stop rule), `length` (the token limit) or `given`.
+    finish: &'a str,
     #[serde(flatten)]
     judgement: &'a Judgement,
 }
@@ -188,7 +205,7 @@ fn write_outputs(
     out: &Path,
     report: &Report<'_>,
     problems: &[Problem],
-    completions: &[String],
+    completions: &[Generated],
     judged: &[Judgement],
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -201,7 +218,9 @@ fn write_outputs(
             task: &p.task,
             id: &p.id,
             lang: p.check.lang().map_or("-", |l| l.as_str()),
-            completion: c,
+            completion: &c.completion,
+            tokens: c.tokens,
+            finish: &c.finish,
             judgement: j,
         };
         lines.push_str(&serde_json::to_string(&line)?);
@@ -457,7 +476,7 @@ fn read_completions(path: &Path, problems: &mut Vec<Problem>) -> Result<Vec<Stri
 fn generate_all(
     args: &EvalArgs,
     plan: &Plan,
-) -> Result<(Option<Vec<String>>, GenStats), ExitError> {
+) -> Result<(Option<Vec<Generated>>, GenStats), ExitError> {
     let (Some(model_arg), Some(tokenizer)) = (&plan.model, &plan.tokenizer) else {
         return Err(bad_input(anyhow!(
             "give --model (or --config) to generate, or --completions FILE to judge given texts"
@@ -509,8 +528,7 @@ fn generate_all(
         stats.tokens += g.tokens;
         *stats.finish.entry(g.finish.clone()).or_default() += 1;
     }
-    let texts = all.into_iter().map(|g: Generated| g.completion).collect();
-    Ok((Some(texts), stats))
+    Ok((Some(all), stats))
 }
 
 fn empty_stats(world_size: usize, max_new_tokens: usize) -> GenStats {

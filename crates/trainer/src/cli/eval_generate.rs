@@ -26,8 +26,8 @@ pub struct Generated {
     pub finish: String,
 }
 
-/// Generates this rank's share of `problems`, `batch` prompts at a time (sorted by prompt
-/// length, so padding stays small), logging progress on rank 0.
+/// Generates this rank's share of `problems`, continuously batched with up to `batch`
+/// sequences in flight, logging progress on rank 0.
 ///
 /// # Errors
 /// A prompt with token ids outside the model's vocabulary, a tensor failure, or a
@@ -55,56 +55,59 @@ pub fn generate_shard(
         }
         mine.push((i, prompt));
     }
-    mine.sort_by_key(|(i, p)| (p.len(), *i));
     let start = std::time::Instant::now();
     let tok = enc.tokenizer();
-    let mut out = Vec::with_capacity(mine.len());
+    let prompts: Vec<Vec<u32>> = mine.iter().map(|(_, p)| p.clone()).collect();
+    let mut finished = 0usize;
     let mut tokens_total = 0usize;
-    for chunk in mine.chunks(batch.max(1)) {
-        let prompts: Vec<Vec<u32>> = chunk.iter().map(|(_, p)| p.clone()).collect();
-        let mut done = |r: usize, new: &[u32]| {
-            if new.last().is_some_and(|t| stop_ids.contains(t)) {
-                return true;
+    let mut done = |r: usize, new: &[u32]| {
+        let stop = new.len() >= max_new_tokens
+            || new.last().is_some_and(|t| stop_ids.contains(t))
+            || codeexec::stops::stop_at(
+                &problems[mine[r].0].check,
+                &tok.decode(new, true).unwrap_or_default(),
+            )
+            .is_some();
+        if stop {
+            finished += 1;
+            tokens_total += new.len();
+            if rank == 0 && finished.is_multiple_of(16) {
+                let s = start.elapsed().as_secs_f64();
+                tracing::info!(
+                    "generated {finished}/{} on rank 0 ({:.1} tokens/s, {:.0} s)",
+                    prompts.len(),
+                    tokens_total as f64 / s.max(1e-9),
+                    s
+                );
             }
-            let text = tok.decode(new, true).unwrap_or_default();
-            codeexec::stops::stop_at(&problems[chunk[r].0].check, &text).is_some()
+        }
+        stop
+    };
+    let all = model
+        .generate_batch(&prompts, max_new_tokens, batch, &mut done)
+        .context("generating completions")?;
+    let mut out = Vec::with_capacity(mine.len());
+    for ((i, _), ids) in mine.iter().zip(all) {
+        let p = problems[*i];
+        let eos = ids.last().is_some_and(|t| stop_ids.contains(t));
+        let body = if eos { &ids[..ids.len() - 1] } else { &ids[..] };
+        let mut text = tok
+            .decode(body, true)
+            .map_err(|e| anyhow!("decoding problem {}: {e}", p.id))?;
+        let finish = match (eos, codeexec::stops::stop_at(&p.check, &text)) {
+            (true, _) => "eos",
+            (false, Some(c)) => {
+                text.truncate(c);
+                "stop"
+            }
+            (false, None) => "length",
         };
-        let ids = model
-            .generate_batch(&prompts, max_new_tokens, &mut done)
-            .with_context(|| format!("generating for problem {}", problems[chunk[0].0].id))?;
-        for ((i, _), ids) in chunk.iter().zip(ids) {
-            let p = problems[*i];
-            let eos = ids.last().is_some_and(|t| stop_ids.contains(t));
-            let body = if eos { &ids[..ids.len() - 1] } else { &ids[..] };
-            let mut text = tok
-                .decode(body, true)
-                .map_err(|e| anyhow!("decoding problem {}: {e}", p.id))?;
-            let finish = match (eos, codeexec::stops::stop_at(&p.check, &text)) {
-                (true, _) => "eos",
-                (false, Some(c)) => {
-                    text.truncate(c);
-                    "stop"
-                }
-                (false, None) => "length",
-            };
-            tokens_total += ids.len();
-            out.push(Generated {
-                index: *i,
-                completion: text,
-                tokens: ids.len(),
-                finish: finish.to_string(),
-            });
-        }
-        if rank == 0 {
-            let s = start.elapsed().as_secs_f64();
-            tracing::info!(
-                "generated {}/{} on rank 0 ({:.1} tokens/s, {:.0} s)",
-                out.len(),
-                mine.len(),
-                tokens_total as f64 / s.max(1e-9),
-                s
-            );
-        }
+        out.push(Generated {
+            index: *i,
+            completion: text,
+            tokens: ids.len(),
+            finish: finish.to_string(),
+        });
     }
     Ok(out)
 }
