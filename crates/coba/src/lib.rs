@@ -44,7 +44,8 @@ pub use error::WeightError;
 pub use message::WeightMessage;
 pub use schedule::{Schedule, Source};
 pub use weighter::{
-    Computed, Method, MethodKind, Probe, StepWeights, TaskWeighter, Weighter, WeighterConfig,
+    Computed, Method, MethodKind, Probe, Signal, StepWeights, TaskWeighter, Weighter,
+    WeighterConfig,
 };
 pub use window::WindowFit;
 

@@ -112,6 +112,40 @@ impl std::fmt::Display for MethodKind {
     }
 }
 
+/// Which losses a rule observes (the CoBa paper's naming: a starred method, e.g. LBTW*,
+/// weights by validation losses; the plain one by training losses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Signal {
+    /// Validation losses of the probe after each update (CoBa, and LBTW*, DWA*, FAMO*).
+    #[default]
+    Valid,
+    /// The global batch's per-task training losses of the step (LBTW, DWA, FAMO as published);
+    /// `l_i(0)` stays the initial validation loss, the pre-training loss's estimate. No probe
+    /// forward runs.
+    Train,
+}
+
+impl Signal {
+    /// `valid` or `train`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Valid => "valid",
+            Signal::Train => "train",
+        }
+    }
+
+    /// Whether `method` may observe this signal: CoBa is defined on validation losses, and
+    /// uniform observes nothing.
+    pub fn allowed_for(self, method: MethodKind) -> bool {
+        self == Signal::Valid
+            || matches!(
+                method,
+                MethodKind::Lbtw | MethodKind::Dwa | MethodKind::Famo
+            )
+    }
+}
+
 /// Settings of a weighter: the `[coba]` config section and the `replay` options.
 /// Defaults (CoBa paper / MFTCoder): method coba, variant mftcoder, W = 100, H = 200, τ = 5, U = 1.
 /// `variant`, `history_length` and `tau` only affect CoBa (they are still validated).
@@ -130,6 +164,26 @@ pub struct WeighterConfig {
     pub tau: f64,
     /// U, in steps (>= 1).
     pub update_interval: u64,
+    /// The losses the rule observes (default `valid`; `train` for LBTW, DWA, FAMO only).
+    pub signal: Signal,
+}
+
+impl WeighterConfig {
+    /// The paper's name of the configured method: `CoBa`, `Uniform`, `LBTW*` (validation
+    /// signal) or `LBTW` (training signal), `DWA*`/`DWA`, `FAMO*`/`FAMO`.
+    pub fn label(&self) -> String {
+        let base = match self.method {
+            MethodKind::Coba => return "CoBa".into(),
+            MethodKind::Uniform => return "Uniform".into(),
+            MethodKind::Lbtw => "LBTW",
+            MethodKind::Dwa => "DWA",
+            MethodKind::Famo => "FAMO",
+        };
+        match self.signal {
+            Signal::Valid => format!("{base}*"),
+            Signal::Train => base.into(),
+        }
+    }
 }
 
 impl Default for WeighterConfig {
@@ -141,6 +195,7 @@ impl Default for WeighterConfig {
             history_length: 200,
             tau: 5.0,
             update_interval: 1,
+            signal: Signal::Valid,
         }
     }
 }
@@ -163,6 +218,18 @@ impl Method {
     /// # Errors
     /// [`WeightError::InvalidSetting`] for K = 0, H < 2, τ not in (0, 1e6], U = 0.
     pub fn new(num_tasks: usize, config: &WeighterConfig) -> Result<Self, WeightError> {
+        if !config.signal.allowed_for(config.method) {
+            return Err(WeightError::InvalidSetting {
+                name: "signal",
+                value: format!(
+                    "\"{}\" with method {}",
+                    config.signal.as_str(),
+                    config.method
+                ),
+                reason: "training losses drive lbtw, dwa and famo only (CoBa is defined on \
+                         validation losses; uniform observes none)",
+            });
+        }
         // Validate CoBa's settings for every method, so a bad config fails the same way whatever
         // method it selects.
         let coba = Coba::new(

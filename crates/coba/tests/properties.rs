@@ -58,6 +58,7 @@ fn scenario(
                     history_length: h,
                     tau,
                     update_interval: u,
+                    signal: coba::Signal::Valid,
                 }),
                 prop::collection::vec(loss(extreme), k),
                 prop::collection::vec(prop::collection::vec(cell, k), steps),

@@ -49,6 +49,7 @@ fn check_scenario(path: &std::path::Path) -> usize {
         history_length: hp["history_length"].as_u64().unwrap() as usize,
         tau: hp["tau"].as_f64().unwrap(),
         update_interval: hp["update_interval"].as_u64().unwrap(),
+        signal: coba::Signal::Valid,
     };
     let initial = floats(&doc["initial_loss"]);
     let valid = doc["valid_loss"].as_object().unwrap();

@@ -109,55 +109,33 @@ pub(crate) fn generate_batch<M: CausalLm + ?Sized>(
     let mut pending: Vec<u32> = Vec::new();
     let mut cache: Option<KvCache> = None;
     loop {
-        // Admit queued prompts into free rows: one prefill forward over the new prompts
-        // (padded to the longest of them), then their rows join the cache, left-padded to its
-        // length (a later prompt is never longer: the queue is longest first).
-        let free = max_rows
-            .max(1)
-            .saturating_sub(active.len())
-            .min(queue.len());
-        if free > 0 {
-            let new: Vec<usize> = (0..free).filter_map(|_| queue.pop()).collect();
-            let len = new.iter().map(|&r| prompts[r].len()).max().unwrap_or(0);
-            let pad: Vec<usize> = new.iter().map(|&r| len - prompts[r].len()).collect();
-            let ids: Vec<u32> = new
-                .iter()
-                .zip(&pad)
-                .flat_map(|(&r, &n)| {
-                    std::iter::repeat_n(prompts[r][0], n).chain(prompts[r].iter().copied())
-                })
-                .collect();
-            let mut fresh = KvCache::with_padding(pad);
-            let Some(h) = m.hidden_cached(&ids, &mut fresh)? else {
+        // Admit queued prompts into free rows, each prefilled on its own (a batched prefill
+        // of long prompts needs rows x heads x len^2 attention scores at once), then joining
+        // the cache left-padded to its length (never shorter: the queue is longest first).
+        while active.len() < max_rows.max(1) {
+            let Some(r) = queue.pop() else { break };
+            let mut fresh = KvCache::new();
+            let Some(h) = m.hidden_cached(&prompts[r], &mut fresh)? else {
                 // No KV cache: one prompt at a time.
                 for (r, p) in prompts.iter().enumerate() {
                     outs[r] = generate(m, p, max_new, Sampling::Greedy, &mut |o| done(r, o))?;
                 }
                 return Ok(outs);
             };
-            let mut keep = Vec::new();
-            for (i, (&r, t)) in new.iter().zip(next_tokens(&h)?).enumerate() {
-                outs[r].push(t);
-                if !is_done(r, &outs[r]) {
-                    keep.push(i);
+            let t = next_tokens(&h)?[0];
+            outs[r].push(t);
+            if is_done(r, &outs[r]) {
+                continue;
+            }
+            cache = Some(match cache.take() {
+                Some(mut c) if !active.is_empty() => {
+                    c.append_rows(fresh)?;
+                    c
                 }
-            }
-            if keep.len() < new.len() {
-                fresh.retain_rows(&keep)?;
-            }
-            if !keep.is_empty() {
-                cache = Some(match cache.take() {
-                    Some(mut c) if !active.is_empty() => {
-                        c.append_rows(fresh)?;
-                        c
-                    }
-                    _ => fresh,
-                });
-                for i in keep {
-                    active.push(new[i]);
-                    pending.push(*outs[new[i]].last().unwrap_or(&0));
-                }
-            }
+                _ => fresh,
+            });
+            active.push(r);
+            pending.push(t);
         }
         if active.is_empty() {
             if queue.is_empty() {

@@ -329,3 +329,135 @@ fn config_errors_exit_2_naming_the_key() {
         );
     }
 }
+
+/// `signal = "train"`: LBTW's weights follow the run's own logged training losses
+/// (`w_i ∝ sqrt(l_i / l_i(0))`, `l_i` the latest training loss of task i up to the last probe,
+/// `l_i(0)` the initial validation loss), computed here from metrics.jsonl; no validation
+/// probe is logged; CoBa refuses the signal.
+#[test]
+fn train_signal_lbtw_weights_follow_the_logged_training_losses() {
+    let job = Job::new("");
+    ok(&job.run(&[
+        "--set",
+        "train.max_steps=9",
+        "--set",
+        "coba.method=lbtw",
+        "--set",
+        "coba.signal=train",
+    ]));
+    let l0 = weights(&job.header(), "initial_val_loss");
+    let steps = job.steps();
+    let mut latest: Vec<Option<f64>> = vec![None; 3];
+    let mut at_probe: Option<Vec<f64>> = None;
+    let mut computed = 0;
+    for (s, rec) in &steps {
+        assert!(rec.get("probe_val_loss").is_none() && rec.get("val_ratio").is_none());
+        let w = weights(rec, "weights");
+        if rec["weights_source"] == "computed" {
+            let want: Vec<f64> = match &at_probe {
+                None => vec![1.0 / 3.0; 3],
+                Some(l) => {
+                    let r: Vec<f64> = l.iter().zip(&l0).map(|(l, l0)| (l / l0).sqrt()).collect();
+                    let sum: f64 = r.iter().sum();
+                    r.iter().map(|x| x / sum).collect()
+                }
+            };
+            for i in 0..3 {
+                assert!(
+                    (w[i] - want[i]).abs() <= 1e-12,
+                    "step {s}: {w:?} vs {want:?}"
+                );
+            }
+            computed += 1;
+        }
+        for (i, l) in weights(rec, "train_loss").iter().enumerate() {
+            if l.is_finite() {
+                latest[i] = Some(*l);
+            }
+        }
+        if rec.get("probe_time_s").is_some() {
+            at_probe = Some(latest.iter().map(|l| l.expect("every task seen")).collect());
+        }
+    }
+    assert!(computed >= 3, "{computed} computed steps");
+    let w8 = weights(&steps[&8], "weights");
+    assert!(w8.iter().any(|w| (w - 1.0 / 3.0).abs() > 1e-6), "{w8:?}");
+
+    // Resume keeps the carried training losses (state.json): bit-identical to one run.
+    let train = ["--set", "coba.method=famo", "--set", "coba.signal=train"];
+    let straight = Job::new("");
+    ok(&straight.run(&train));
+    let split = Job::new("");
+    ok(&split.run(&[&train[..], &["--set", "train.max_steps=3"]].concat()));
+    ok(&split.run(&[&train[..], &["--resume", "auto"]].concat()));
+    assert_same_run(&straight, &split, 6);
+    // A resume with the other signal is refused.
+    let out = split.run(&[
+        "--set",
+        "coba.method=famo",
+        "--set",
+        "train.max_steps=8",
+        "--resume",
+        "auto",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let job = Job::new("");
+    let out = job.run(&["--set", "train.max_steps=2", "--set", "coba.signal=train"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("signal"));
+}
+
+/// `compare` runs the training-loss variant and STL: `lbtw-train` trains with the train
+/// signal (its state.json says so), `stl` trains one run per task, and each STL row is that
+/// task's best ratio in its own run's metrics.jsonl; an impossible variant exits 2.
+#[test]
+fn compare_runs_training_loss_variants_and_stl() {
+    let job = Job::new("");
+    let cfg = job.config().display().to_string();
+    let out = coba_dist(&[
+        "compare",
+        "--config",
+        &cfg,
+        "--methods",
+        "uniform,lbtw-train,stl",
+        "--set",
+        "train.max_steps=6",
+    ]);
+    ok(&out);
+    let table = String::from_utf8(out.stdout).unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&file_bytes(
+        &job.out()
+            .join("lbtw-train/checkpoints/step-00000006/state.json"),
+    ))
+    .unwrap();
+    assert_eq!(st["weighting"]["method"], "lbtw");
+    assert_eq!(st["weighting"]["signal"], "train");
+    for task in ["add", "echo", "words"] {
+        let dir = job.out().join("stl").join(task);
+        let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        let mut lines = text.lines();
+        let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+        assert_eq!(header["tasks"], serde_json::json!([task]));
+        let l0 = header["initial_val_loss"][task].as_f64().unwrap();
+        // The task's best validation ratio over its own evaluations.
+        let (best, step) = lines
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter_map(|r| Some((r["val_loss"][task].as_f64()? / l0, r["step"].as_u64()? + 1)))
+            .fold((f64::INFINITY, 0), |a, b| if b.0 < a.0 { b } else { a });
+        let row = format!("| {task} | stl | {best:.4} | {step} |");
+        assert!(table.contains(&row), "{row} not in\n{table}");
+    }
+    let out = coba_dist(&["compare", "--config", &cfg, "--methods", "coba-train"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}

@@ -10,9 +10,10 @@ use super::train::{fail, load_config, start_runtime};
 use super::ExitError;
 use crate::metrics::record::in_task_order;
 use crate::metrics::{MetricsFile, StepRecord};
+use crate::train::config::TrainConfig;
 use anyhow::anyhow;
 use clap::Args;
-use coba::MethodKind;
+use coba::{MethodKind, Signal};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -22,7 +23,9 @@ pub struct CompareArgs {
     /// The job (default: the embedded configs/demo.toml).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Comma-separated methods, run in this order.
+    /// Comma-separated methods, run in this order: coba, uniform, lbtw, dwa, famo (on
+    /// validation losses: the paper's LBTW*, DWA*, FAMO*), lbtw-train, dwa-train, famo-train
+    /// (on training losses: the paper's plain LBTW, DWA, FAMO), stl (one model per task).
     #[arg(long, value_delimiter = ',', default_value = "uniform,lbtw,famo,coba")]
     methods: Vec<String>,
     /// Overrides applied to every run, e.g. `--set train.max_steps=200`.
@@ -182,14 +185,119 @@ pub fn table(runs: &[RunStats]) -> String {
     s
 }
 
+/// One `--methods` entry: a weighting method and the losses it observes, or STL.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum MethodSpec {
+    /// One multi-task run weighted by `kind` on `signal`.
+    Weighted { kind: MethodKind, signal: Signal },
+    /// Single-task learning: one run per task (same schedule and steps), each task judged at
+    /// its own best evaluation.
+    Stl,
+}
+
+impl MethodSpec {
+    /// `lbtw` (validation signal) or `lbtw-train` (training signal), ..., `stl`.
+    fn parse(s: &str) -> Result<Self, String> {
+        if s == "stl" {
+            return Ok(MethodSpec::Stl);
+        }
+        let (name, signal) = match s.strip_suffix("-train") {
+            Some(n) => (n, Signal::Train),
+            None => (s, Signal::Valid),
+        };
+        let kind = name.parse::<MethodKind>()?;
+        if !signal.allowed_for(kind) {
+            return Err(format!(
+                "`{s}`: only lbtw, dwa and famo have a training-loss variant (and stl)"
+            ));
+        }
+        Ok(MethodSpec::Weighted { kind, signal })
+    }
+
+    /// The name used for its output directory and table rows (`lbtw`, `lbtw-train`, `stl`).
+    fn name(self) -> String {
+        match self {
+            MethodSpec::Stl => "stl".into(),
+            MethodSpec::Weighted { kind, signal } => match signal {
+                Signal::Valid => kind.as_str().to_string(),
+                Signal::Train => format!("{}-train", kind.as_str()),
+            },
+        }
+    }
+}
+
+/// STL's row: task k's numbers from its own single-task run in `dir/<task>/`; the
+/// "selected" checkpoint of a task is its own best evaluation (its mean ratio is its ratio),
+/// `selected_step` the latest of those, times summed over the runs (the total compute).
+fn stl_stats(tasks: &[String], dir: &Path) -> anyhow::Result<RunStats> {
+    let mut out = RunStats {
+        method: "stl".into(),
+        tasks: tasks.to_vec(),
+        best: Vec::new(),
+        at_selected: Vec::new(),
+        selected_step: 0,
+        time_per_step_s: 0.0,
+        train_step_s: 0.0,
+        probe_per_step_s: 0.0,
+        weighting_per_step_s: 0.0,
+    };
+    for task in tasks {
+        let r = run_stats("stl", &dir.join(task))?;
+        out.best.push(r.best[0]);
+        out.at_selected.push(r.at_selected[0]);
+        out.selected_step = out.selected_step.max(r.selected_step);
+        out.time_per_step_s += r.time_per_step_s;
+        out.train_step_s += r.train_step_s;
+        out.probe_per_step_s += r.probe_per_step_s;
+        out.weighting_per_step_s += r.weighting_per_step_s;
+    }
+    Ok(out)
+}
+
+/// The configurations one method runs: one, or for STL one per task (uniform weighting of a
+/// single task, into `<output_dir>/stl/<task>/`).
+fn method_configs(base: &TrainConfig, m: MethodSpec) -> Vec<TrainConfig> {
+    let dir = base.output_dir.join(m.name());
+    match m {
+        MethodSpec::Weighted { kind, signal } => {
+            let mut cfg = base.clone();
+            cfg.coba.method = kind;
+            cfg.coba.signal = signal;
+            cfg.output_dir = dir;
+            vec![cfg]
+        }
+        MethodSpec::Stl => base
+            .data
+            .tasks
+            .iter()
+            .map(|t| {
+                let mut cfg = base.clone();
+                cfg.data.tasks = vec![t.clone()];
+                cfg.coba.method = MethodKind::Uniform;
+                cfg.coba.signal = Signal::Valid;
+                cfg.output_dir = dir.join(&t.name);
+                cfg
+            })
+            .collect(),
+    }
+}
+
+fn method_stats(base: &TrainConfig, m: MethodSpec) -> anyhow::Result<RunStats> {
+    let dir = base.output_dir.join(m.name());
+    match m {
+        MethodSpec::Stl => stl_stats(&base.task_names(), &dir),
+        MethodSpec::Weighted { .. } => run_stats(&m.name(), &dir),
+    }
+}
+
 /// Runs the job once per method, then prints the table (rank 0).
 pub fn run(args: &CompareArgs) -> Result<(), ExitError> {
     let base = load_config(args.config.as_ref(), &args.set)?;
-    let methods: Vec<MethodKind> = args
+    let methods: Vec<MethodSpec> = args
         .methods
         .iter()
         .map(|m| {
-            m.trim().parse::<MethodKind>().map_err(|e| ExitError {
+            MethodSpec::parse(m.trim()).map_err(|e| ExitError {
                 code: 2,
                 error: anyhow!("--methods: {e}"),
             })
@@ -198,8 +306,7 @@ pub fn run(args: &CompareArgs) -> Result<(), ExitError> {
     let mut stats = Vec::new();
     if args.no_run {
         for m in &methods {
-            let dir = base.output_dir.join(m.as_str());
-            stats.push(run_stats(m.as_str(), &dir).map_err(|e| ExitError { code: 2, error: e })?);
+            stats.push(method_stats(&base, *m).map_err(|e| ExitError { code: 2, error: e })?);
         }
         same_tasks(&stats).map_err(|e| ExitError { code: 2, error: e })?;
         print!("{}", table(&stats));
@@ -207,34 +314,31 @@ pub fn run(args: &CompareArgs) -> Result<(), ExitError> {
     }
     let comm = start_runtime(&base)?;
     let comm: &dyn collectives::Communicator = &*comm;
-    for m in &methods {
-        let mut cfg = base.clone();
-        cfg.coba.method = *m;
-        cfg.output_dir = base.output_dir.join(m.as_str());
-        if comm.rank() == 0 {
-            tracing::info!(
-                "compare: running method {m} into {}",
-                cfg.output_dir.display()
-            );
-        }
-        let summary = crate::train::run(&cfg, comm, None).map_err(|e| fail(comm, e))?;
-        if summary.stopped_by == "signal" {
-            // Every rank saw the signal at the same step (it rides on the step's all-reduce).
-            return Err(ExitError {
-                code: 1,
-                error: anyhow::anyhow!(
-                    "compare: method {m} stopped by a signal after {} steps; the remaining \
+    for spec in &methods {
+        let m = spec.name();
+        for cfg in method_configs(&base, *spec) {
+            if comm.rank() == 0 {
+                tracing::info!(
+                    "compare: running method {m} into {}",
+                    cfg.output_dir.display()
+                );
+            }
+            let summary = crate::train::run(&cfg, comm, None).map_err(|e| fail(comm, e))?;
+            if summary.stopped_by == "signal" {
+                // Every rank saw the signal at the same step (it rides on the step's all-reduce).
+                return Err(ExitError {
+                    code: 1,
+                    error: anyhow::anyhow!(
+                        "compare: method {m} stopped by a signal after {} steps; the remaining \
                      methods were not run and no comparison was written (re-run compare, \
                      or `compare --no-run` to tabulate what finished)",
-                    summary.steps
-                ),
-            });
+                        summary.steps
+                    ),
+                });
+            }
         }
         if comm.rank() == 0 {
-            stats.push(
-                run_stats(m.as_str(), &cfg.output_dir)
-                    .map_err(|e| ExitError { code: 1, error: e })?,
-            );
+            stats.push(method_stats(&base, *spec).map_err(|e| ExitError { code: 1, error: e })?);
         }
     }
     if comm.rank() == 0 {

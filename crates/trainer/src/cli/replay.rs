@@ -92,6 +92,8 @@ pub fn run(args: &ReplayArgs) -> Result<(), ExitError> {
         history_length: args.history_length.unwrap_or(defaults.history_length),
         tau: args.tau.unwrap_or(defaults.tau),
         update_interval: args.update_interval,
+        // The replayed curves are whatever the file holds.
+        signal: defaults.signal,
     };
     let path = &args.losses;
     let located =

@@ -38,6 +38,9 @@ pub struct StepOutcome {
 pub struct ProbeOutcome {
     /// Per-task mean probe loss, nats/token (`None`: the task had no probe tokens).
     pub losses: Vec<Option<f64>>,
+    /// What `losses` are: validation losses of the probe, or (`train`) the latest training
+    /// losses.
+    pub signal: coba::Signal,
     /// `l_i / l_i(0)` as the weighter observed them (rank 0 only; `None` on other ranks).
     pub ratios: Option<Vec<Option<f64>>>,
     /// Wall time, seconds.
@@ -88,11 +91,15 @@ impl StepOutcome {
 }
 
 impl ProbeOutcome {
-    /// Adds `probe_val_loss`, `val_ratio` (rank 0: the weighter's) and `probe_time_s`.
+    /// Adds `probe_val_loss`, `val_ratio` (rank 0: the weighter's) and `probe_time_s`. With
+    /// the `train` signal there was no validation probe: only `probe_time_s` (the training
+    /// losses the weighter saw are the record's `train_loss`, carried for absent tasks).
     pub fn fill(&self, r: &mut StepRecord, names: &[String]) {
-        r.probe_val_loss = Some(per_task(names, self.losses.iter().copied()));
-        if let Some(ratios) = &self.ratios {
-            r.val_ratio = Some(per_task(names, ratios.iter().copied()));
+        if self.signal == coba::Signal::Valid {
+            r.probe_val_loss = Some(per_task(names, self.losses.iter().copied()));
+            if let Some(ratios) = &self.ratios {
+                r.val_ratio = Some(per_task(names, ratios.iter().copied()));
+            }
         }
         r.probe_time_s = Some(self.time_s);
     }

@@ -340,6 +340,7 @@ fn fresh(
         metrics_header_len: None,
         lora_quantize_base: None,
         train_dtype: None,
+        last_train_loss: Vec::new(),
         probe_samples_per_task: None,
     };
     let opt = AdamW::new(AdamWConfig {

@@ -79,6 +79,11 @@ pub struct TrainState {
     /// f32): a resume must keep it (a bf16 run's f32 master weights are in the optimizer state).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_dtype: Option<String>,
+    /// With `[coba] signal = "train"`: each task's latest per-task training loss (nats per
+    /// token; `None` until the task appears in a global batch), which the next probe
+    /// observes for a task absent from that step's batch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_train_loss: Vec<Option<f64>>,
 }
 
 /// An in-memory copy of everything a checkpoint holds, cheap to take between steps.

@@ -185,6 +185,15 @@ impl<'a> Trainer<'a> {
             .iter()
             .map(|l| (l.tokens > 0).then(|| l.mean()))
             .collect();
+        if self.state.weighting.signal == coba::Signal::Train {
+            let last = &mut self.state.last_train_loss;
+            last.resize(train_loss.len(), None);
+            for (kept, now) in last.iter_mut().zip(&train_loss) {
+                if now.is_some() {
+                    *kept = *now;
+                }
+            }
+        }
         Ok(StepOutcome {
             step: c,
             lr,
@@ -242,19 +251,31 @@ impl<'a> Trainer<'a> {
         let tp = Instant::now();
         let k = self.ds.num_tasks();
         let (rank, world) = (self.comm.rank(), self.comm.world_size());
-        let pb = self.probe_sampler.rank_batches(
-            self.ds,
-            index,
-            rank,
-            world,
-            self.settings.eval_micro_batch,
-        );
-        let mut sums = evaluate::local_sums(&self.model, &pb, k, self.settings.loss).local()?;
-        evaluate::all_reduce_losses(self.comm, &mut sums).local()?;
-        let losses: Vec<Option<f64>> = sums
-            .iter()
-            .map(|l| (l.tokens > 0).then(|| l.mean()))
-            .collect();
+        let signal = self.state.weighting.signal;
+        let losses: Vec<Option<f64>> = match signal {
+            // The step's training losses (identical on every rank after the all-reduce), a
+            // task absent from the batch at its latest value.
+            coba::Signal::Train => {
+                let mut l = self.state.last_train_loss.clone();
+                l.resize(k, None);
+                l
+            }
+            coba::Signal::Valid => {
+                let pb = self.probe_sampler.rank_batches(
+                    self.ds,
+                    index,
+                    rank,
+                    world,
+                    self.settings.eval_micro_batch,
+                );
+                let mut sums =
+                    evaluate::local_sums(&self.model, &pb, k, self.settings.loss).local()?;
+                evaluate::all_reduce_losses(self.comm, &mut sums).local()?;
+                sums.iter()
+                    .map(|l| (l.tokens > 0).then(|| l.mean()))
+                    .collect()
+            }
+        };
         if let Some(i) = losses
             .iter()
             .position(|l| l.is_some_and(|v| !v.is_finite()))
@@ -277,6 +298,7 @@ impl<'a> Trainer<'a> {
         };
         Ok(Some(ProbeOutcome {
             losses,
+            signal,
             ratios,
             time_s: tp.elapsed().as_secs_f64(),
         }))

@@ -1,7 +1,7 @@
 //! `[coba]`: the weighting method and its schedule, with `"auto"` W and H (the paper's
 //! W = M, H = 2M, M the validation batches of one pass).
 
-use coba::{MethodKind, Variant, WeighterConfig};
+use coba::{MethodKind, Signal, Variant, WeighterConfig};
 use serde::{Deserialize, Serialize};
 
 /// A step count that may be `"auto"`.
@@ -59,6 +59,10 @@ pub struct CobaSection {
     pub update_interval: u64,
     /// Samples per task in one probe, summed over ranks; overrides `data.probe_samples_per_task`.
     pub probe_samples_per_task: Option<usize>,
+    /// The losses the method observes: `valid` (default; the paper's starred LBTW*, FAMO*, and
+    /// CoBa) or `train` (the global batch's per-task training losses: plain LBTW, DWA, FAMO;
+    /// no probe forward runs).
+    pub signal: Signal,
 }
 
 impl Default for CobaSection {
@@ -72,6 +76,7 @@ impl Default for CobaSection {
             tau: w.tau,
             update_interval: w.update_interval,
             probe_samples_per_task: None,
+            signal: w.signal,
         }
     }
 }
@@ -99,6 +104,7 @@ impl CobaSection {
             history_length: resolve(self.history_length, (2 * m).max(2)) as usize,
             tau: self.tau,
             update_interval: self.update_interval,
+            signal: self.signal,
         }
     }
 }
