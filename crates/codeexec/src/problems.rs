@@ -94,7 +94,7 @@ impl Check {
 }
 
 /// What `eval --metrics` computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum Metric {
     /// Share of problems whose one greedy program passes its unit tests.
     #[serde(rename = "pass@1")]

@@ -116,6 +116,26 @@ impl Encoder {
         Ok(enc)
     }
 
+    /// Token ids of a one-turn chat prompt, up to and including the assistant prefix:
+    /// `[system_prefix system system_suffix] user_prefix prompt user_suffix assistant_prefix`,
+    /// each piece tokenized separately exactly as [`Encoder::encode`] does for training
+    /// samples (what generation feeds a model trained with this template). `system` defaults
+    /// to the template's default system message.
+    pub fn chat_prompt(&self, prompt: &str, system: Option<&str>) -> Vec<u32> {
+        let t = self.template();
+        let mut ids = Vec::new();
+        if let Some(sys) = system.or(t.default_system.as_deref()) {
+            ids.extend(self.ids(&t.system_prefix));
+            ids.extend(self.ids(sys));
+            ids.extend(self.ids(&t.system_suffix));
+        }
+        ids.extend(self.ids(&t.user_prefix));
+        ids.extend(self.ids(prompt));
+        ids.extend(self.ids(&t.user_suffix));
+        ids.extend(self.ids(&t.assistant_prefix));
+        ids
+    }
+
     /// Token ids of `text` (no special tokens added; special-token text such as
     /// `<|im_end|>` inside `text` is still recognised, as by the HF tokenizer).
     pub fn ids(&self, text: &str) -> Vec<u32> {

@@ -54,7 +54,8 @@ impl KvCache {
     }
 
     /// Keeps only rows `keep` (indices into the current rows, in the new order), e.g. to drop
-    /// finished sequences from a batched decode.
+    /// finished sequences from a batched decode, and drops the leading positions that are
+    /// filler in every kept row (so a continuously refilled batch does not grow without end).
     ///
     /// # Errors
     /// A tensor failure.
@@ -64,20 +65,29 @@ impl KvCache {
         } else {
             self.pad.clone()
         };
-        self.pad = keep.iter().map(|&r| pad[r]).collect();
+        let kept: Vec<usize> = keep.iter().map(|&r| pad[r]).collect();
+        let trim = kept.iter().copied().min().unwrap_or(0).min(self.len);
+        self.pad = kept.iter().map(|p| p - trim).collect();
         let Some(device) = self
             .layers
             .iter()
             .find_map(|l| l.k.as_ref().map(|k| k.device().clone()))
         else {
+            self.len -= trim;
             return Ok(());
         };
         let idx: Vec<u32> = keep.iter().map(|&r| r as u32).collect();
         let idx = Tensor::from_vec(idx, keep.len(), &device)?;
+        let new_len = self.len - trim;
         for l in &mut self.layers {
-            l.k = l.k.take().map(|k| k.index_select(&idx, 0)).transpose()?;
-            l.v = l.v.take().map(|v| v.index_select(&idx, 0)).transpose()?;
+            let (k, v) = l.filled()?;
+            let cut = |t: Option<Tensor>| -> Result<Option<Tensor>> {
+                t.map(|t| t.index_select(&idx, 0)?.narrow(2, trim, new_len))
+                    .transpose()
+            };
+            l.set_filled(cut(k)?, cut(v)?)?;
         }
+        self.len = new_len;
         Ok(())
     }
 
@@ -166,8 +176,8 @@ fn cat_rows(a: Option<Tensor>, b: Option<Tensor>) -> Result<Option<Tensor>> {
 
 /// One layer's cached keys and values: buffers `(rows, kv_heads, capacity, head_dim)` of
 /// which the first `len` positions are filled. New positions are written in place
-/// (`slice_set`); the capacity doubles when full, so a decode step copies one position, not
-/// the whole cache.
+/// (`slice_set`); the capacity grows by 256 positions or a quarter when full, so a decode step
+/// copies one position, not the whole cache.
 #[derive(Debug, Default)]
 pub struct LayerCache {
     k: Option<Tensor>,
@@ -186,7 +196,9 @@ impl LayerCache {
             None => 0,
         };
         if need > cap {
-            let new_cap = need.max(2 * cap).max(64);
+            // Room for 256 more positions, or a quarter more for long caches: a decode step
+            // rarely reallocates, and a long cache does not double its memory.
+            let new_cap = (need + 256).max(cap + cap / 4);
             self.k = Some(grow(self.k.take(), k, self.len, new_cap)?);
             self.v = Some(grow(self.v.take(), v, self.len, new_cap)?);
         }
@@ -216,7 +228,7 @@ impl LayerCache {
             Some(k) => k.dim(2)?,
             None => 0,
         };
-        let cap = (2 * self.len).max(64);
+        let cap = self.len + 256;
         let len = self.len;
         let place = |t: Option<Tensor>| -> Result<Option<Tensor>> {
             t.map(|t| {

@@ -4,6 +4,7 @@
 
 pub mod alloc;
 pub mod cli;
+pub mod functional;
 pub mod metrics;
 pub mod plot;
 pub mod replay;

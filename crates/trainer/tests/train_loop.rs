@@ -461,3 +461,92 @@ fn compare_runs_training_loss_variants_and_stl() {
     let out = coba_dist(&["compare", "--config", &cfg, "--methods", "coba-train"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+/// `[eval] metrics`: at every evaluation the record holds each task's accuracy (`null` for
+/// tasks without answers in the bundle), equal to `coba-dist eval --metrics accuracy` run on
+/// the checkpoint written at the same step.
+#[test]
+fn accuracy_during_training_equals_eval_on_the_same_checkpoint() {
+    let bundle = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[eval]\nmetrics = [\"accuracy\"]\ndata = {:?}\nmax_problems_per_task = 3\nmax_new_tokens = 4\n",
+        bundle.path().display().to_string()
+    );
+    let job = Job::new(&extra);
+    // Give the `add` task ids and a test split, and the bundle its answers.
+    let add = job.dir.path().join("add.jsonl");
+    let mut lines: Vec<serde_json::Value> = std::fs::read_to_string(&add)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut answers = String::new();
+    for i in 0..4u64 {
+        lines.push(serde_json::json!({"prompt": format!("{i} + 1 ="), "completion": format!("{}", i + 1), "split": "test"}));
+        answers += &format!(
+            "{}\n",
+            serde_json::json!({"id": format!("add/t{i}"), "answer": format!("{}", i + 1)})
+        );
+    }
+    let mut text = String::new();
+    for (k, l) in lines.iter_mut().enumerate() {
+        let id = if l["split"] == "test" {
+            format!("add/t{}", k - 40)
+        } else {
+            format!("add/{k}")
+        };
+        l["id"] = serde_json::json!(id);
+        text += &format!("{l}\n");
+    }
+    std::fs::write(&add, text).unwrap();
+    std::fs::write(bundle.path().join("add_test.jsonl"), answers).unwrap();
+    ok(&job.run(&[]));
+    let steps = job.steps();
+    let evals: Vec<u64> = steps
+        .iter()
+        .filter(|(_, r)| r.get("val_loss").is_some())
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(evals, [2, 5]);
+    for (s, r) in &steps {
+        assert_eq!(r.get("accuracy").is_some(), evals.contains(s), "step {s}");
+    }
+    let acc = &steps[&2]["accuracy"];
+    assert!(acc["echo"].is_null() && acc["words"].is_null(), "{acc}");
+    let logged = acc["add"].as_f64().unwrap();
+    let model = job.checkpoint(3).join("model").display().to_string();
+    let tok = tokenizer().display().to_string();
+    let task = format!("add={}", add.display());
+    let b = bundle.path().display().to_string();
+    let out_dir = job.dir.path().join("eval-out").display().to_string();
+    let out = coba_dist(&[
+        "eval",
+        "--metrics",
+        "accuracy",
+        "--model",
+        &model,
+        "--tokenizer",
+        &tok,
+        "--template",
+        "chatml",
+        "--task",
+        &task,
+        "--eval-data",
+        &b,
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        &out_dir,
+        "--json",
+    ]);
+    ok(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &report["rows"][0];
+    assert_eq!(
+        (row["task"].as_str(), row["total"].as_u64()),
+        (Some("add"), Some(3))
+    );
+    assert_eq!(row["score"].as_f64().unwrap(), logged, "{report}");
+}

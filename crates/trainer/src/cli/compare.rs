@@ -57,6 +57,11 @@ pub struct RunStats {
     pub probe_per_step_s: f64,
     /// Mean seconds per step spent computing the weights (rank 0).
     pub weighting_per_step_s: f64,
+    /// Per task: Pass@1 at the selected evaluation (`[eval] metrics`; `None` when not
+    /// measured for the task).
+    pub pass_at_1: Vec<Option<f64>>,
+    /// Per task: accuracy at the selected evaluation, likewise.
+    pub accuracy: Vec<Option<f64>>,
 }
 
 /// Reads a run's `metrics.jsonl` into [`RunStats`].
@@ -79,7 +84,7 @@ pub fn run_stats(method: &str, dir: &Path) -> anyhow::Result<RunStats> {
         .map(|v| v.unwrap_or(f64::NAN))
         .collect();
     let mut best = vec![(f64::INFINITY, 0u64); tasks.len()];
-    let mut selected: Option<(f64, u64, Vec<f64>)> = None;
+    let mut selected: Option<(f64, u64, Vec<f64>, &StepRecord)> = None;
     let steps = file.steps.len();
     let sum = |f: fn(&StepRecord) -> Option<f64>| -> f64 { file.steps.iter().filter_map(f).sum() };
     let train = sum(|r| r.step_time_s);
@@ -103,11 +108,21 @@ pub fn run_stats(method: &str, dir: &Path) -> anyhow::Result<RunStats> {
             }
         }
         if selected.as_ref().is_none_or(|s| mean < s.0) {
-            selected = Some((mean, done, ratios));
+            selected = Some((mean, done, ratios, r));
         }
     }
-    let (_, selected_step, at_selected) =
+    let (_, selected_step, at_selected, rec) =
         selected.ok_or_else(|| anyhow!("{}: the run has no evaluation", path.display()))?;
+    let column = |m: Option<&crate::metrics::record::PerTask>| -> Vec<Option<f64>> {
+        tasks
+            .iter()
+            .map(|t| m.and_then(|m| m.get(t).copied().flatten()))
+            .collect()
+    };
+    let (pass_at_1, accuracy) = (
+        column(rec.pass_at_1.as_ref()),
+        column(rec.accuracy.as_ref()),
+    );
     Ok(RunStats {
         method: method.to_string(),
         tasks,
@@ -118,6 +133,8 @@ pub fn run_stats(method: &str, dir: &Path) -> anyhow::Result<RunStats> {
         train_step_s: train / steps.max(1) as f64,
         probe_per_step_s: probe / steps.max(1) as f64,
         weighting_per_step_s: weighting / steps.max(1) as f64,
+        pass_at_1,
+        accuracy,
     })
 }
 
@@ -143,19 +160,37 @@ fn same_tasks(runs: &[RunStats]) -> anyhow::Result<()> {
 /// spread of best steps and the time per step.
 pub fn table(runs: &[RunStats]) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "| task | method | best val ratio | step of best | ratio at selected ckpt |"
-    );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|");
+    // Pass@1 / accuracy columns when any run measured them (`[eval] metrics`).
+    let has = |f: fn(&RunStats) -> &Vec<Option<f64>>| {
+        runs.iter().any(|r| f(r).iter().any(Option::is_some))
+    };
+    let (pass, acc) = (has(|r| &r.pass_at_1), has(|r| &r.accuracy));
+    let mut head =
+        "| task | method | best val ratio | step of best | ratio at selected ckpt |".to_string();
+    let mut rule = "|---|---|---:|---:|---:|".to_string();
+    for (on, name) in [(pass, "Pass@1 at selected"), (acc, "accuracy at selected")] {
+        if on {
+            head += &format!(" {name} |");
+            rule += "---:|";
+        }
+    }
+    let _ = writeln!(s, "{head}");
+    let _ = writeln!(s, "{rule}");
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x));
     if let Some(first) = runs.first() {
         for (i, task) in first.tasks.iter().enumerate() {
             for r in runs {
-                let _ = writeln!(
-                    s,
+                let mut row = format!(
                     "| {task} | {} | {:.4} | {} | {:.4} |",
                     r.method, r.best[i].0, r.best[i].1, r.at_selected[i]
                 );
+                if pass {
+                    row += &format!(" {} |", pct(r.pass_at_1.get(i).copied().flatten()));
+                }
+                if acc {
+                    row += &format!(" {} |", pct(r.accuracy.get(i).copied().flatten()));
+                }
+                let _ = writeln!(s, "{row}");
             }
         }
     }
@@ -240,11 +275,15 @@ fn stl_stats(tasks: &[String], dir: &Path) -> anyhow::Result<RunStats> {
         train_step_s: 0.0,
         probe_per_step_s: 0.0,
         weighting_per_step_s: 0.0,
+        pass_at_1: Vec::new(),
+        accuracy: Vec::new(),
     };
     for task in tasks {
         let r = run_stats("stl", &dir.join(task))?;
         out.best.push(r.best[0]);
         out.at_selected.push(r.at_selected[0]);
+        out.pass_at_1.push(r.pass_at_1[0]);
+        out.accuracy.push(r.accuracy[0]);
         out.selected_step = out.selected_step.max(r.selected_step);
         out.time_per_step_s += r.time_per_step_s;
         out.train_step_s += r.train_step_s;
@@ -365,7 +404,7 @@ mod tests {
             r#"{"step": 0, "step_time_s": 1.0}"#,
             r#"{"step": 1, "step_time_s": 1.0, "probe_time_s": 0.5, "val_loss": {"a": 1.0, "b": 3.6}, "val_ratio_mean": 0.7}"#,
             r#"{"step": 2, "step_time_s": 1.0, "weight_time_s": 0.001}"#,
-            r#"{"step": 3, "step_time_s": 1.0, "eval_time_s": 2.0, "val_loss": {"a": 1.2, "b": 2.0}, "val_ratio_mean": 0.55}"#,
+            r#"{"step": 3, "step_time_s": 1.0, "eval_time_s": 2.0, "val_loss": {"a": 1.2, "b": 2.0}, "val_ratio_mean": 0.55, "pass_at_1": {"a": 0.25, "b": null}}"#,
         ];
         std::fs::write(dir.path().join("metrics.jsonl"), lines.join("\n")).unwrap();
         let r = run_stats("coba", dir.path()).unwrap();
@@ -375,8 +414,13 @@ mod tests {
         assert_eq!(r.at_selected, vec![0.6, 0.5]);
         assert!((r.time_per_step_s - 6.5 / 4.0).abs() < 1e-12);
         assert!((r.probe_per_step_s - 0.125).abs() < 1e-12);
+        assert_eq!(r.pass_at_1, vec![Some(0.25), None]);
         let t = table(&[r]);
-        assert!(t.contains("| a | coba | 0.5000 | 2 | 0.6000 |"), "{t}");
+        assert!(
+            t.contains("| a | coba | 0.5000 | 2 | 0.6000 | 25.0% |"),
+            "{t}"
+        );
+        assert!(t.contains("| b | coba | 0.5000 | 4 | 0.5000 | - |"), "{t}");
         assert!(t.contains("| coba | 4 | 0.5500 | 2 |"), "{t}");
     }
 }

@@ -6,14 +6,14 @@
 //! completion, program and outcome to `<out>/programs.jsonl`.
 
 use super::eval::EvalArgs;
-use super::eval_generate::{gather, generate_shard, Generated};
 use super::model_path::{self, bad_input};
 use super::ExitError;
-use ::data::config::TaskSpec;
+use crate::functional::generate::{gather, generate_shard, Generated};
+use crate::functional::{self, JudgeOptions};
 use ::data::tokenize::Encoder;
 use anyhow::{anyhow, Context};
-use codeexec::score::{render, table, Row};
-use codeexec::{Isolation, Judgement, Metric, Problem, Sandbox, TimeLimits, ToolchainOptions};
+use codeexec::score::{render, Row};
+use codeexec::{Judgement, Metric, Problem, TimeLimits, ToolchainOptions};
 use collectives::{exit_on_error, Communicator, InitOptions};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -83,57 +83,37 @@ pub fn run(args: &EvalArgs, metrics: &[Metric]) -> Result<(), ExitError> {
     };
     let gen_seconds = start.elapsed().as_secs_f64();
     let fail = |error: anyhow::Error| ExitError { code: 1, error };
-    let isolation = Isolation::detect();
-    let jobs = args
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let sandbox = Sandbox::new(isolation, jobs)
-        .context("creating the sandbox directory")
-        .map_err(fail)?;
-    tracing::info!("programs: {}", sandbox.isolation().describe());
-    let tc = codeexec::Toolchains::detect(
-        &sandbox,
-        ToolchainOptions {
+    let opts = JudgeOptions {
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        limits: TimeLimits {
+            run_seconds: args.timeout,
+            ..TimeLimits::default()
+        },
+        toolchain: ToolchainOptions {
             python: args.python.clone(),
             node_path: args.node_path.clone(),
             go_module: args.go_module.clone(),
         },
-    );
-    for line in tc.summary() {
-        tracing::info!("toolchain {line}");
-    }
-    let limits = TimeLimits {
-        run_seconds: args.timeout,
-        ..TimeLimits::default()
+        verbose: true,
     };
-    let items: Vec<(&Problem, &str)> = plan
-        .problems
-        .iter()
-        .zip(&completions)
-        .map(|(p, c)| (p, c.completion.as_str()))
-        .collect();
-    let exec_start = std::time::Instant::now();
-    let n = items.len();
-    let step = (n / 10).max(1);
-    let progress = |done: usize| {
-        if done.is_multiple_of(step) || done == n {
-            tracing::info!("judged {done}/{n}");
-        }
-    };
-    let judged = codeexec::judge_all(&sandbox, &tc, limits, &items, jobs, &progress);
-    let exec_seconds = exec_start.elapsed().as_secs_f64();
-    let refs: Vec<&Problem> = plan.problems.iter().collect();
-    let rows = table(&refs, &judged);
+    let texts: Vec<&str> = completions.iter().map(|c| c.completion.as_str()).collect();
+    let j = functional::judge(&plan.problems, &texts, &opts)
+        .context("creating the sandbox directory")
+        .map_err(fail)?;
+    let rows = j.rows;
+    let judged = j.judgements;
     let report = Report {
         model: plan.model.as_ref().map(|m| m.display().to_string()),
         completions: args.completions.as_ref().map(|p| p.display().to_string()),
-        isolation: sandbox.isolation().describe(),
-        toolchains: tc.summary(),
+        isolation: j.isolation,
+        toolchains: j.toolchains,
         generation: gen_stats.map(|mut s| {
             s.seconds = gen_seconds;
             s
         }),
-        execution_seconds: exec_seconds,
+        execution_seconds: j.seconds,
         rows: &rows,
     };
     write_outputs(&plan.out, &report, &plan.problems, &completions, &judged).map_err(fail)?;
@@ -281,23 +261,29 @@ fn plan(args: &EvalArgs, metrics: &[Metric]) -> Result<Plan, ExitError> {
             )
         }
     };
-    let mut problems = if tasks.is_empty() {
+    let problems = if tasks.is_empty() {
         // --completions alone: every bundle file.
-        bundle_tasks(&args.eval_data)?
-            .iter()
-            .map(|t| codeexec::load_task(&args.eval_data, t).map_err(bad_input))
-            .collect::<Result<Vec<_>, _>>()?
-            .concat()
+        let mut all = Vec::new();
+        for t in functional::problems::bundle_tasks(&args.eval_data).map_err(bad_input)? {
+            all.extend(codeexec::load_task(&args.eval_data, &t).map_err(bad_input)?);
+        }
+        all.retain(|p| metrics.contains(&p.check.metric()));
+        if let Some(limit) = args.limit {
+            all = functional::problems::limit_per_task(all, limit);
+        }
+        all
+    } else if args.completions.is_some() {
+        let mut all =
+            functional::problems::problems_of(&tasks, &args.eval_data).map_err(bad_input)?;
+        all.retain(|p| metrics.contains(&p.check.metric()));
+        match args.limit {
+            Some(limit) => functional::problems::limit_per_task(all, limit),
+            None => all,
+        }
     } else {
-        problems_of(&tasks, &args.eval_data)?
+        functional::problems::load(&tasks, &args.eval_data, metrics, args.limit)
+            .map_err(bad_input)?
     };
-    problems.retain(|p| metrics.contains(&p.check.metric()));
-    if let Some(limit) = args.limit {
-        problems = limit_per_task(problems, limit);
-    }
-    if args.completions.is_none() {
-        fill_prompts(&mut problems, &tasks)?;
-    }
     if problems.is_empty() {
         return Err(bad_input(anyhow!(
             "no problems to evaluate for --metrics {} (tasks with an eval bundle in {}: {})",
@@ -307,7 +293,9 @@ fn plan(args: &EvalArgs, metrics: &[Metric]) -> Result<Plan, ExitError> {
                 .collect::<Vec<_>>()
                 .join(","),
             args.eval_data.display(),
-            bundle_tasks(&args.eval_data)?.join(", ")
+            functional::problems::bundle_tasks(&args.eval_data)
+                .map_err(bad_input)?
+                .join(", ")
         )));
     }
     Ok(Plan {
@@ -317,111 +305,6 @@ fn plan(args: &EvalArgs, metrics: &[Metric]) -> Result<Plan, ExitError> {
         template,
         out: args.out.clone().unwrap_or(default_out),
     })
-}
-
-/// The task names that have a bundle file in `dir`.
-fn bundle_tasks(dir: &Path) -> Result<Vec<String>, ExitError> {
-    let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("the eval bundle directory {} (--eval-data)", dir.display()))
-        .map_err(bad_input)?;
-    let mut tasks: Vec<String> = entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_suffix("_test.jsonl.gz")
-                .or_else(|| name.strip_suffix("_test.jsonl"))
-                .map(str::to_string)
-        })
-        .collect();
-    tasks.sort();
-    tasks.dedup();
-    Ok(tasks)
-}
-
-/// The problems of every task that has a bundle file; the others are named in a warning.
-fn problems_of(tasks: &[TaskSpec], dir: &Path) -> Result<Vec<Problem>, ExitError> {
-    let mut out = Vec::new();
-    for t in tasks {
-        if codeexec::problems::bundle_path(dir, &t.name).is_none() {
-            tracing::warn!(
-                "task `{}`: no execution tests in {} (only loss-based eval applies)",
-                t.name,
-                dir.display()
-            );
-            continue;
-        }
-        out.extend(codeexec::load_task(dir, &t.name).map_err(bad_input)?);
-    }
-    Ok(out)
-}
-
-/// At most `limit` problems per task, evenly spaced over the file (so every HumanEval-X
-/// language keeps its share).
-fn limit_per_task(problems: Vec<Problem>, limit: usize) -> Vec<Problem> {
-    let mut by_task: Vec<(String, Vec<Problem>)> = Vec::new();
-    for p in problems {
-        match by_task.iter_mut().find(|(t, _)| *t == p.task) {
-            Some((_, v)) => v.push(p),
-            None => by_task.push((p.task.clone(), vec![p])),
-        }
-    }
-    by_task
-        .into_iter()
-        .flat_map(|(_, v)| {
-            let n = v.len();
-            let keep: Vec<usize> = if limit >= n {
-                (0..n).collect()
-            } else {
-                (0..limit).map(|k| k * n / limit).collect()
-            };
-            v.into_iter()
-                .enumerate()
-                .filter(move |(i, _)| keep.contains(i))
-                .map(|(_, p)| p)
-        })
-        .collect()
-}
-
-/// GSM8K bundle records carry only the answer: their prompts come from the task's files
-/// (the record with the same `id`).
-fn fill_prompts(problems: &mut [Problem], tasks: &[TaskSpec]) -> Result<(), ExitError> {
-    for spec in tasks {
-        if !problems
-            .iter()
-            .any(|p| p.task == spec.name && p.prompt.is_empty())
-        {
-            continue;
-        }
-        let mut prompts: HashMap<String, String> = HashMap::new();
-        for file in ::data::source::task_files(&spec.name, &spec.paths).map_err(bad_input)? {
-            let reader = ::data::source::open(&file).map_err(bad_input)?;
-            for line in std::io::BufRead::lines(reader) {
-                let line = line
-                    .with_context(|| format!("reading {}", file.display()))
-                    .map_err(bad_input)?;
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue; // the data loader reports malformed lines
-                };
-                if let (Some(id), Some(prompt)) = (v["id"].as_str(), v["prompt"].as_str()) {
-                    prompts.insert(id.to_string(), prompt.to_string());
-                }
-            }
-        }
-        for p in problems
-            .iter_mut()
-            .filter(|p| p.task == spec.name && p.prompt.is_empty())
-        {
-            p.prompt = prompts.get(&p.id).cloned().ok_or_else(|| {
-                bad_input(anyhow!(
-                    "task `{}`: problem {} of the eval bundle has no record with that id (and a \
-                     `prompt`) in the task's files",
-                    spec.name,
-                    p.id
-                ))
-            })?;
-        }
-    }
-    Ok(())
 }
 
 /// `--completions FILE`: JSONL lines `{"id": ..., "completion": ...}` (programs.jsonl of an
@@ -485,7 +368,10 @@ fn generate_all(
     model_path::resolve(model_arg).map_err(bad_input)?;
     let enc = Encoder::from_file(tokenizer, &plan.template).map_err(bad_input)?;
     let mut stop_ids = vec![enc.eos_id()];
-    stop_ids.extend(super::generate::tokenizer_eos(enc.tokenizer(), tokenizer));
+    stop_ids.extend(functional::generate::tokenizer_eos(
+        enc.tokenizer(),
+        tokenizer,
+    ));
     stop_ids.dedup();
     let comm = collectives::init(&InitOptions::default()).map_err(|e| ExitError {
         code: 1,

@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context};
 use clap::Args;
 use model::{CausalLm, Sampling};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tokenizers::Tokenizer;
 
 /// Generate a completion for one prompt.
@@ -58,9 +58,6 @@ pub struct GenerateArgs {
     raw: bool,
 }
 
-/// Well-known end-of-sequence tokens, tried in order when no tokenizer_config.json names one.
-const EOS_CANDIDATES: [&str; 4] = ["<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>"];
-
 /// Generates and prints the completion (special tokens removed, then a newline). Generation
 /// stops after `--max-new-tokens` tokens or at the template's EOS (`<|im_end|>` for chatml,
 /// `<|endoftext|>` for mftcoder) or the tokenizer's EOS (see [`tokenizer_eos`]).
@@ -92,14 +89,17 @@ pub fn run(args: &GenerateArgs) -> Result<(), ExitError> {
         (tok, ids, eos)
     } else {
         let enc = Encoder::from_file(&tokenizer_path, &template_cfg).map_err(bad_input)?;
-        let ids = chat_prompt(&enc, &args.prompt, args.system.as_deref());
+        let ids = enc.chat_prompt(&args.prompt, args.system.as_deref());
         (enc.tokenizer().clone(), ids, Some(enc.eos_id()))
     };
     if prompt.is_empty() {
         return Err(bad_input(anyhow!("the prompt is empty")));
     }
     let mut stop: Vec<u32> = template_eos.into_iter().collect();
-    stop.extend(tokenizer_eos(&tokenizer, &tokenizer_path));
+    stop.extend(crate::functional::generate::tokenizer_eos(
+        &tokenizer,
+        &tokenizer_path,
+    ));
     stop.dedup();
 
     let model = model_path::load(&args.model, args.base.as_deref())?;
@@ -170,41 +170,4 @@ fn template_name(t: &TemplateConfig) -> &'static str {
         (true, TemplatePreset::Chatml) => "chatml",
         (true, TemplatePreset::Mftcoder) => "mftcoder",
     }
-}
-
-/// Token ids of a one-turn chat prompt, up to and including the assistant prefix:
-/// `[system_prefix system system_suffix] user_prefix prompt user_suffix assistant_prefix`,
-/// each piece tokenized separately exactly as [`Encoder::encode`] does for training samples.
-/// `system` defaults to the template's default system message.
-pub(super) fn chat_prompt(enc: &Encoder, prompt: &str, system: Option<&str>) -> Vec<u32> {
-    let t = enc.template();
-    let mut ids = Vec::new();
-    if let Some(sys) = system.or(t.default_system.as_deref()) {
-        ids.extend(enc.ids(&t.system_prefix));
-        ids.extend(enc.ids(sys));
-        ids.extend(enc.ids(&t.system_suffix));
-    }
-    ids.extend(enc.ids(&t.user_prefix));
-    ids.extend(enc.ids(prompt));
-    ids.extend(enc.ids(&t.user_suffix));
-    ids.extend(enc.ids(&t.assistant_prefix));
-    ids
-}
-
-/// The tokenizer's own end-of-sequence token: the `eos_token` of a `tokenizer_config.json`
-/// next to `tokenizer.json` when there is one (a string or `{"content": ...}`), else the first
-/// of [`EOS_CANDIDATES`] that is a token of `tok`. A missing or unreadable config file only
-/// means falling back to the candidates.
-pub(super) fn tokenizer_eos(tok: &Tokenizer, tokenizer_path: &Path) -> Option<u32> {
-    let from_config = tokenizer_path
-        .parent()
-        .map(|dir| dir.join("tokenizer_config.json"))
-        .and_then(|p| std::fs::read(p).ok())
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-        .and_then(|v| match v.get("eos_token")? {
-            serde_json::Value::String(s) => Some(s.clone()),
-            other => other.get("content")?.as_str().map(str::to_string),
-        })
-        .and_then(|s| tok.token_to_id(&s));
-    from_config.or_else(|| EOS_CANDIDATES.iter().find_map(|s| tok.token_to_id(s)))
 }

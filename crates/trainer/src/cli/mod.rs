@@ -8,7 +8,6 @@ mod data;
 mod doctor;
 mod eval;
 mod eval_exec;
-mod eval_generate;
 mod generate;
 mod merge;
 mod model_path;

@@ -76,6 +76,10 @@ pub struct Header {
 /// computation steps. Times are seconds of this step on rank 0.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
+    /// GSM8K-style accuracy per task (`[eval] metrics`), evaluation steps; `null` for a task
+    /// without answers in the eval bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<PerTask>,
     /// CoBa's absolute convergence scores (Eq. 5), computation steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acs: Option<PerTask>,
@@ -88,6 +92,10 @@ pub struct StepRecord {
     /// Time of the full validation pass, evaluation steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_time_s: Option<f64>,
+    /// Time of the Pass@1 / accuracy evaluation (generation and execution), evaluation steps
+    /// with `[eval] metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub functional_eval_time_s: Option<f64>,
     /// `6 × parameters × tokens / step_time_s / 1e9`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gflops_per_s: Option<f64>,
@@ -97,6 +105,10 @@ pub struct StepRecord {
     /// The weighted objective `Σ w_i L_i / Σ_{i present} w_i`, nats/token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
+    /// Pass@1 per task (`[eval] metrics`; over the task's languages), evaluation steps; `null`
+    /// for a task without unit tests in the eval bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_at_1: Option<PerTask>,
     /// Learning rate of this step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
@@ -145,9 +157,11 @@ pub struct StepRecord {
 
 impl StepRecord {
     /// The per-task maps of this record with their keys (for checks and sinks).
-    pub fn per_task_fields(&self) -> [(&'static str, Option<&PerTask>); 7] {
+    pub fn per_task_fields(&self) -> [(&'static str, Option<&PerTask>); 9] {
         [
+            ("accuracy", self.accuracy.as_ref()),
             ("acs", self.acs.as_ref()),
+            ("pass_at_1", self.pass_at_1.as_ref()),
             ("probe_val_loss", self.probe_val_loss.as_ref()),
             ("rcs", self.rcs.as_ref()),
             ("train_loss", self.train_loss.as_ref()),
@@ -163,6 +177,7 @@ impl StepRecord {
             ("comm_time_s", self.comm_time_s),
             ("df", self.df),
             ("eval_time_s", self.eval_time_s),
+            ("functional_eval_time_s", self.functional_eval_time_s),
             ("gflops_per_s", self.gflops_per_s),
             ("grad_norm", self.grad_norm),
             ("loss", self.loss),

@@ -24,6 +24,7 @@ pub mod early_stopping;
 pub mod error;
 pub mod evaluate;
 pub mod faults;
+mod functional_eval;
 pub mod lock;
 mod objective;
 pub mod outcome;
@@ -108,6 +109,7 @@ pub fn run(
     }
     let (plan, sampler) = plan::Plan::new(cfg, comm, &ds)?;
     let ckpt = rank0_decisions::resolve_resume(cfg, comm, resume)?;
+    let functional = functional_eval::DuringTraining::new(cfg, &enc)?;
     let vocab = enc.vocab_size();
     let mut trainer = setup::start(cfg, comm, &ds, vocab, &plan, sampler, ckpt.as_deref())?;
     let names = trainer.tasks().to_vec();
@@ -150,6 +152,10 @@ pub fn run(
                 best = Some(BestSummary::new(&trainer, &e.val_loss, e.ratio_mean));
             }
             e.fill(&mut rec, &names);
+            if let Some(f) = &functional {
+                f.run(&trainer.model, &enc, comm, &names, &mut rec)
+                    .map_err(stopping_note)?;
+            }
             log_evaluation(rank0, step.step, done, e.ratio_mean, best.is_some());
             final_val = e.val_loss;
         }

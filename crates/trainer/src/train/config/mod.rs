@@ -35,11 +35,13 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 mod coba_section;
+mod eval_section;
 mod load;
 mod lora_section;
 mod validate;
 
 pub use coba_section::{AutoOr, AutoTag, CobaSection};
+pub use eval_section::EvalSection;
 
 pub use load::{env_vars, load, ConfigError, Sources};
 pub use lora_section::{BaseQuant, LoraSection, TargetModules};
@@ -73,6 +75,9 @@ pub struct TrainConfig {
     /// LoRA adapters instead of full fine-tuning.
     #[serde(default)]
     pub lora: LoraSection,
+    /// Pass@1 / accuracy during training.
+    #[serde(default)]
+    pub eval: EvalSection,
 }
 
 /// `[metrics]`.

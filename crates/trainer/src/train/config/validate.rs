@@ -141,6 +141,17 @@ pub fn validate(cfg: &TrainConfig) -> Result<(), ConfigError> {
             );
         }
     }
+    let metrics = cfg.eval.parsed().map_err(ConfigError)?;
+    if !metrics.is_empty() && !cfg.eval.data.is_dir() {
+        return err(
+            "eval.data",
+            format!(
+                "{} is not a directory (the eval bundle: <task>_test.jsonl[.gz] per task, e.g. \
+                 data/eval)",
+                cfg.eval.data.display()
+            ),
+        );
+    }
     cfg.data
         .validate()
         .map_err(|e| ConfigError(format!("[data]: {e}")))?;

@@ -5,13 +5,14 @@
 //! Under a launcher every rank generates problems `i` with `i % world_size == rank`, and
 //! rank 0 gathers the texts (one broadcast per rank).
 
-use super::generate::chat_prompt;
 use ::data::tokenize::Encoder;
 use anyhow::{anyhow, Context};
 use codeexec::Problem;
 use collectives::Communicator;
 use model::{CausalLm, Model};
 use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tokenizers::Tokenizer;
 
 /// One generated completion.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,7 +47,7 @@ pub fn generate_shard(
     let mut mine: Vec<(usize, Vec<u32>)> = Vec::new();
     for i in (0..problems.len()).filter(|i| i % world == rank) {
         let p = problems[i];
-        let prompt = chat_prompt(enc, &p.prompt, None);
+        let prompt = enc.chat_prompt(&p.prompt, None);
         if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
             return Err(anyhow!(
                 "problem {}: the tokenizer produces id {id} but the model's vocabulary is {vocab}",
@@ -145,4 +146,25 @@ pub fn gather(
     }
     all.sort_by_key(|g| g.index);
     Ok(Some(all))
+}
+
+/// Well-known end-of-sequence tokens, tried in order when no tokenizer_config.json names one.
+pub const EOS_CANDIDATES: [&str; 4] = ["<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>"];
+
+/// The tokenizer's own end-of-sequence token: the `eos_token` of a `tokenizer_config.json`
+/// next to `tokenizer.json` when there is one (a string or `{"content": ...}`), else the first
+/// of [`EOS_CANDIDATES`] that is a token of `tok`. A missing or unreadable config file only
+/// means falling back to the candidates.
+pub fn tokenizer_eos(tok: &Tokenizer, tokenizer_path: &Path) -> Option<u32> {
+    let from_config = tokenizer_path
+        .parent()
+        .map(|dir| dir.join("tokenizer_config.json"))
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|v| match v.get("eos_token")? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            other => other.get("content")?.as_str().map(str::to_string),
+        })
+        .and_then(|s| tok.token_to_id(&s));
+    from_config.or_else(|| EOS_CANDIDATES.iter().find_map(|s| tok.token_to_id(s)))
 }
