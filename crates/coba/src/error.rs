@@ -70,6 +70,14 @@ pub enum WeightError {
         /// The method's name (`lbtw`, `dwa`, `famo`, `uniform`).
         method: &'static str,
     },
+    /// GradNorm needs each task's gradient norm of the shared layer with every probe.
+    #[error("probe at step {step}: method `gradnorm` needs per-task gradient norms of the shared layer ({reason})")]
+    MissingGradNorms {
+        /// Training step of the probe.
+        step: u64,
+        /// What is missing or wrong.
+        reason: String,
+    },
     /// A vector of per-task values has the wrong length.
     #[error("expected {expected} per-task values, got {got}")]
     WrongTaskCount {

@@ -32,6 +32,7 @@
 mod baselines;
 mod coba;
 mod error;
+mod gradnorm;
 mod math;
 mod message;
 mod schedule;
@@ -41,6 +42,7 @@ mod window;
 pub use baselines::{Dwa, Famo, Lbtw, Uniform, DWA_TEMPERATURE, FAMO_DECAY, FAMO_LR, LBTW_BETA};
 pub use coba::{Coba, CobaConfig, CobaExplain, Variant, MAX_TAU};
 pub use error::WeightError;
+pub use gradnorm::{GradNorm, GRADNORM_ALPHA, GRADNORM_FLOOR, GRADNORM_LR};
 pub use message::WeightMessage;
 pub use schedule::{Schedule, Source};
 pub use weighter::{

@@ -2,6 +2,7 @@
 
 use crate::baselines::{Dwa, Famo, Lbtw, Uniform};
 use crate::coba::{Coba, CobaConfig, CobaExplain, Variant};
+use crate::gradnorm::GradNorm;
 use crate::{Schedule, Source, WeightError};
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
@@ -17,6 +18,9 @@ pub struct Probe<'a> {
     pub losses: &'a [Option<f64>],
     /// `l_i(t) / l_i(0)`: the loss ratio.
     pub ratios: &'a [Option<f64>],
+    /// Per task, the L2 norm of the gradient of its mean training loss with respect to the
+    /// shared layer (GradNorm's `G_i`); `None` for rules that do not use it.
+    pub grad_norms: Option<&'a [f64]>,
 }
 
 /// What a rule returns at a compute step.
@@ -70,16 +74,19 @@ pub enum MethodKind {
     Dwa,
     /// [`Famo`].
     Famo,
+    /// [`GradNorm`].
+    Gradnorm,
 }
 
 impl MethodKind {
     /// Every method, in the order they are documented.
-    pub const ALL: [MethodKind; 5] = [
+    pub const ALL: [MethodKind; 6] = [
         MethodKind::Coba,
         MethodKind::Uniform,
         MethodKind::Lbtw,
         MethodKind::Dwa,
         MethodKind::Famo,
+        MethodKind::Gradnorm,
     ];
 
     /// The lowercase name.
@@ -90,6 +97,7 @@ impl MethodKind {
             MethodKind::Lbtw => "lbtw",
             MethodKind::Dwa => "dwa",
             MethodKind::Famo => "famo",
+            MethodKind::Gradnorm => "gradnorm",
         }
     }
 }
@@ -101,7 +109,9 @@ impl FromStr for MethodKind {
             .into_iter()
             .find(|m| m.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown method `{s}` (expected coba, uniform, lbtw, dwa or famo)")
+                format!(
+                    "unknown method `{s}` (expected coba, uniform, lbtw, dwa, famo or gradnorm)"
+                )
             })
     }
 }
@@ -141,7 +151,7 @@ impl Signal {
         self == Signal::Valid
             || matches!(
                 method,
-                MethodKind::Lbtw | MethodKind::Dwa | MethodKind::Famo
+                MethodKind::Lbtw | MethodKind::Dwa | MethodKind::Famo | MethodKind::Gradnorm
             )
     }
 }
@@ -178,6 +188,7 @@ impl WeighterConfig {
             MethodKind::Lbtw => "LBTW",
             MethodKind::Dwa => "DWA",
             MethodKind::Famo => "FAMO",
+            MethodKind::Gradnorm => "GradNorm",
         };
         match self.signal {
             Signal::Valid => format!("{base}*"),
@@ -210,6 +221,7 @@ pub enum Method {
     Lbtw(Lbtw),
     Dwa(Dwa),
     Famo(Famo),
+    Gradnorm(GradNorm),
 }
 
 impl Method {
@@ -247,6 +259,7 @@ impl Method {
             MethodKind::Lbtw => Method::Lbtw(Lbtw::new(num_tasks)?),
             MethodKind::Dwa => Method::Dwa(Dwa::new(num_tasks)?),
             MethodKind::Famo => Method::Famo(Famo::new(num_tasks)?),
+            MethodKind::Gradnorm => Method::Gradnorm(GradNorm::new(num_tasks)?),
         })
     }
 
@@ -257,6 +270,7 @@ impl Method {
             Method::Lbtw(m) => m,
             Method::Dwa(m) => m,
             Method::Famo(m) => m,
+            Method::Gradnorm(m) => m,
         }
     }
 
@@ -267,6 +281,7 @@ impl Method {
             Method::Lbtw(m) => m,
             Method::Dwa(m) => m,
             Method::Famo(m) => m,
+            Method::Gradnorm(m) => m,
         }
     }
 }
@@ -458,6 +473,21 @@ impl<M: TaskWeighter> Weighter<M> {
         step: u64,
         losses: &[Option<f64>],
     ) -> Result<Vec<Option<f64>>, WeightError> {
+        self.observe_probe_with_grads(step, losses, None)
+    }
+
+    /// [`observe_probe`](Self::observe_probe) with GradNorm's per-task gradient norms of the
+    /// shared layer (`G_i`, measured on the training batch of `step`).
+    ///
+    /// # Errors
+    /// As [`observe_probe`](Self::observe_probe); [`WeightError::MissingGradNorms`] from GradNorm
+    /// without (valid) norms.
+    pub fn observe_probe_with_grads(
+        &mut self,
+        step: u64,
+        losses: &[Option<f64>],
+        grad_norms: Option<&[f64]>,
+    ) -> Result<Vec<Option<f64>>, WeightError> {
         check_len(self.num_tasks(), losses.len())?;
         if !self.schedule.is_probe_step(step) {
             return Err(WeightError::OutOfOrder {
@@ -510,6 +540,7 @@ impl<M: TaskWeighter> Weighter<M> {
             step,
             losses: &present,
             ratios: &ratios,
+            grad_norms,
         })?;
         self.last_probe = Some(step);
         Ok(ratios)

@@ -83,7 +83,11 @@ fn run(s: &Scenario, perm: &[usize], scale: &[f64]) -> Vec<Vec<f64>> {
             let row = &s.probes[step as usize - 1];
             let losses: Vec<Option<f64>> =
                 perm.iter().map(|&i| row[i].map(|l| l * scale[i])).collect();
-            w.observe_probe(step, &losses).unwrap();
+            // GradNorm's head gradient norms: the unscaled losses (permuted with the tasks,
+            // untouched by the loss scaling), a stand-in with the same structure.
+            let norms: Vec<f64> = perm.iter().map(|&i| row[i].unwrap_or(1.0)).collect();
+            let norms = (s.config.method == MethodKind::Gradnorm).then_some(&norms[..]);
+            w.observe_probe_with_grads(step, &losses, norms).unwrap();
         }
     }
     out
@@ -178,9 +182,11 @@ proptest! {
             }
             if w.is_probe_step(step) {
                 let losses = s.probes[step as usize - 1].clone();
-                w.observe_probe(step, &losses).unwrap();
+                let norms: Vec<f64> = losses.iter().map(|l| l.unwrap_or(1.0)).collect();
+                let norms = (s.config.method == MethodKind::Gradnorm).then_some(&norms[..]);
+                w.observe_probe_with_grads(step, &losses, norms).unwrap();
                 if let Some(r) = restored.as_mut() {
-                    r.observe_probe(step, &losses).unwrap();
+                    r.observe_probe_with_grads(step, &losses, norms).unwrap();
                 }
             }
         }

@@ -18,6 +18,7 @@ mod config;
 mod error;
 pub mod fused;
 mod generate;
+pub mod head_grads;
 pub mod init;
 mod kv_cache;
 pub mod layers;

@@ -550,3 +550,98 @@ fn accuracy_during_training_equals_eval_on_the_same_checkpoint() {
     );
     assert_eq!(row["score"].as_f64().unwrap(), logged, "{report}");
 }
+
+/// GradNorm in the loop: each probe step logs the per-task head gradient norms, and the
+/// weights of every computed step equal the library rule fed with the logged norms and probe
+/// ratios; under `mpirun -n 2` (same global batch) the norms and weights equal one rank's.
+#[test]
+fn gradnorm_weights_follow_the_logged_norms_and_two_ranks_equal_one() {
+    let args = [
+        "--set",
+        "train.max_steps=9",
+        "--set",
+        "coba.method=gradnorm",
+    ];
+    let one = Job::new("");
+    ok(&one.run(&args));
+    let l0 = weights(&one.header(), "initial_val_loss");
+    let steps = one.steps();
+    let mut rule = coba::GradNorm::new(3).unwrap();
+    let mut observed = false;
+    let mut checked = 0;
+    for (s, rec) in &steps {
+        if rec["weights_source"] == "computed" {
+            let want = if observed {
+                coba::TaskWeighter::compute(&mut rule, *s).weights
+            } else {
+                vec![1.0 / 3.0; 3]
+            };
+            let got = weights(rec, "weights");
+            for i in 0..3 {
+                assert!(
+                    (got[i] - want[i]).abs() <= 1e-12,
+                    "step {s}: {got:?} vs {want:?}"
+                );
+            }
+            checked += 1;
+        }
+        if let Some(p) = rec.get("probe_val_loss") {
+            let g = weights(rec, "head_grad_norm");
+            // A task absent from the step's batch has no gradient (0).
+            assert!(
+                g.iter().all(|x| x.is_finite() && *x >= 0.0),
+                "step {s}: {g:?}"
+            );
+            assert!(g.iter().any(|x| *x > 0.0), "step {s}: {g:?}");
+            let losses: Vec<Option<f64>> = weights(&serde_json::json!({"l": p}), "l")
+                .into_iter()
+                .map(Some)
+                .collect();
+            let ratios: Vec<Option<f64>> = losses
+                .iter()
+                .zip(&l0)
+                .map(|(l, l0)| l.map(|l| l / l0))
+                .collect();
+            coba::TaskWeighter::observe(
+                &mut rule,
+                &coba::Probe {
+                    step: *s,
+                    losses: &losses,
+                    ratios: &ratios,
+                    grad_norms: Some(&g),
+                },
+            )
+            .unwrap();
+            observed = true;
+        } else {
+            assert!(rec.get("head_grad_norm").is_none(), "step {s}");
+        }
+    }
+    assert!(checked >= 3 && observed);
+    let w8 = weights(&steps[&8], "weights");
+    assert!(w8.iter().any(|w| (w - 1.0 / 3.0).abs() > 1e-6), "{w8:?}");
+
+    let two = Job::new("");
+    let Some(o) = two.mpirun(
+        2,
+        &[&args[..], &["--set", "train.micro_batch_size=2"]].concat(),
+    ) else {
+        return;
+    };
+    ok(&o);
+    let two_steps = two.steps();
+    for (s, r1) in &steps {
+        for key in ["weights", "head_grad_norm"] {
+            if r1.get(key).is_none() {
+                continue;
+            }
+            let (a, b) = (weights(r1, key), weights(&two_steps[s], key));
+            for (x, y) in a.iter().zip(&b) {
+                assert!(
+                    (x - y).abs() <= 1e-5 * x.abs().max(1e-3),
+                    "{key} step {s}: {a:?} vs {b:?}"
+                );
+            }
+        }
+    }
+}

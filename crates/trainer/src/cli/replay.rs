@@ -71,6 +71,13 @@ fn bad_input(error: anyhow::Error) -> ExitError {
 /// Exit code 2 for an unreadable or malformed file and invalid settings; 1 for a failed write.
 pub fn run(args: &ReplayArgs) -> Result<(), ExitError> {
     let method = args.method.0;
+    if method == MethodKind::Gradnorm {
+        return Err(bad_input(anyhow!(
+            "--method gradnorm needs each task's head gradient norm per step, which a loss \
+             file does not hold: train with coba.method = \"gradnorm\" (metrics.jsonl logs \
+             head_grad_norm) instead"
+        )));
+    }
     let defaults = WeighterConfig::default();
     if method != MethodKind::Coba {
         let coba_only = [

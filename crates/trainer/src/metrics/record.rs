@@ -109,6 +109,10 @@ pub struct StepRecord {
     /// for a task without unit tests in the eval bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pass_at_1: Option<PerTask>,
+    /// GradNorm's `G_i`: the L2 norm of the gradient of each task's mean training loss with
+    /// respect to the LM head weight, probe steps of a `gradnorm` run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_grad_norm: Option<PerTask>,
     /// Learning rate of this step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
@@ -157,10 +161,11 @@ pub struct StepRecord {
 
 impl StepRecord {
     /// The per-task maps of this record with their keys (for checks and sinks).
-    pub fn per_task_fields(&self) -> [(&'static str, Option<&PerTask>); 9] {
+    pub fn per_task_fields(&self) -> [(&'static str, Option<&PerTask>); 10] {
         [
             ("accuracy", self.accuracy.as_ref()),
             ("acs", self.acs.as_ref()),
+            ("head_grad_norm", self.head_grad_norm.as_ref()),
             ("pass_at_1", self.pass_at_1.as_ref()),
             ("probe_val_loss", self.probe_val_loss.as_ref()),
             ("rcs", self.rcs.as_ref()),

@@ -25,6 +25,7 @@ pub mod error;
 pub mod evaluate;
 pub mod faults;
 mod functional_eval;
+mod grad_norms;
 pub mod lock;
 mod objective;
 pub mod outcome;

@@ -31,6 +31,9 @@ pub struct StepOutcome {
     pub comm_time_s: f64,
     /// Of which rank 0 spent computing the weights.
     pub weight_time_s: f64,
+    /// GradNorm's per-task head gradient norms `G_i` of this step (probe steps of a
+    /// `gradnorm` run).
+    pub head_grad_norms: Option<Vec<f64>>,
 }
 
 /// A probe's results.
@@ -72,6 +75,10 @@ impl StepOutcome {
                 self.weights.weights.iter().map(|w| Some(*w)),
             )),
             weights_source: Some(self.weights.source.as_str().into()),
+            head_grad_norm: self
+                .head_grad_norms
+                .as_ref()
+                .map(|g| per_task(names, g.iter().map(|v| Some(*v)))),
             grad_norm: Some(self.grad_norm),
             tokens: Some(self.tokens),
             tokens_per_s: Some(self.tokens / s),

@@ -259,6 +259,7 @@ pub fn start<'a>(
         settings: plan.step.clone(),
         layout_checked: false,
         base_model_path: base_path,
+        pending_grad_norms: None,
     })
 }
 

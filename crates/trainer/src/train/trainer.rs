@@ -67,6 +67,8 @@ pub struct Trainer<'a> {
     pub(super) layout_checked: bool,
     /// `model.path`, absolute (LoRA adapters name it as their base).
     pub base_model_path: Option<String>,
+    /// GradNorm: the `G_i` measured in the last step, for the probe that follows it.
+    pub(super) pending_grad_norms: Option<Vec<f64>>,
 }
 
 impl<'a> Trainer<'a> {
@@ -146,6 +148,17 @@ impl<'a> Trainer<'a> {
             .faults
             .corrupt_loss(c, self.comm.rank(), &mut local);
 
+        // GradNorm's per-task head gradient norms, before the update (probe steps only).
+        self.pending_grad_norms = None;
+        if self.state.weighting.method == coba::MethodKind::Gradnorm
+            && self.state.weighter.is_probe_step(c)
+        {
+            let norms =
+                super::grad_norms::head_grad_norms(&self.model, &batches, &counts[..k], self.comm)
+                    .local()?;
+            self.pending_grad_norms = Some(norms);
+        }
+
         // 4. Reduce, check, clip, update.
         let tc = Instant::now();
         let mut list: Vec<(String, candle_core::Tensor)> = grads.into_iter().collect();
@@ -207,6 +220,7 @@ impl<'a> Trainer<'a> {
             step_time_s: t0.elapsed().as_secs_f64(),
             comm_time_s: comm_s,
             weight_time_s: weight_s,
+            head_grad_norms: self.pending_grad_norms.clone(),
         })
     }
 
@@ -289,7 +303,7 @@ impl<'a> Trainer<'a> {
             let r = self
                 .state
                 .weighter
-                .observe_probe(step, &losses)
+                .observe_probe_with_grads(step, &losses, self.pending_grad_norms.as_deref())
                 .map_err(|e| anyhow::anyhow!("probe after step {step}: {e}"))
                 .local()?;
             Some(r)
