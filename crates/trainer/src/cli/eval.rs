@@ -7,6 +7,9 @@
 //! number of micro-batches, as the trainer's validation does) and the per-task
 //! `(nll_sum, tokens)` are all-reduced in f64; rank 0 prints. The result equals the
 //! one-process result up to float rounding.
+//!
+//! With `--metrics pass@1,accuracy` it judges what the model generates instead
+//! ([`super::eval_exec`]).
 
 use super::model_path::{self, bad_input};
 use super::ExitError;
@@ -99,8 +102,8 @@ pub struct EvalArgs {
     /// Token limit per generated completion.
     #[arg(long, value_name = "N", default_value_t = 512, value_parser = positive)]
     pub(super) max_new_tokens: usize,
-    /// Prompts decoded together (left-padded into one batch; larger is faster on the CPU up
-    /// to the memory of the KV cache).
+    /// Sequences decoded together on each rank (continuous batching on one KV cache: a
+    /// finished one is replaced by the next prompt).
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = positive)]
     pub(super) gen_batch: usize,
     /// Programs run at once (default: the number of cores).

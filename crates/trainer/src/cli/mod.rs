@@ -49,7 +49,9 @@ enum Command {
     /// Check the data-parallel setup: ranks, collectives, all-reduce bandwidth (run it under
     /// the training launcher, e.g. `mpirun -n 4 coba-dist doctor`).
     Doctor(doctor::DoctorArgs),
-    /// Per-task mean NLL, perplexity and token count of a model on a split (sharded under mpirun).
+    /// Per-task mean NLL, perplexity and token count of a model on a split, or with
+    /// `--metrics pass@1,accuracy` Pass@1 by running the generated programs' unit tests and
+    /// GSM8K accuracy (sharded under mpirun).
     Eval(Box<eval::EvalArgs>),
     /// Generate a completion for one prompt (chat template or --raw), printed on stdout.
     Generate(generate::GenerateArgs),
