@@ -2,9 +2,10 @@
 //! address space, file size, processes, no core dumps), a cleared environment, its own
 //! process group (killed on timeout and after exit), capped output; and, when running as root
 //! where namespaces are allowed, no network (a new network namespace with no interfaces up),
-//! a private mount namespace whose `/tmp`, `/var/tmp` and `/dev/shm` are empty tmpfs, and the
-//! unprivileged user `nobody` (so `RLIMIT_NPROC` applies and nothing outside the program's
-//! directory and those tmpfs is writable).
+//! a private mount namespace whose `/tmp`, `/var/tmp` and `/dev/shm` are empty tmpfs, and a
+//! fresh unprivileged uid per program directory (so `RLIMIT_NPROC` applies per program, nothing
+//! outside the program's directory and those tmpfs is writable, and every process of that uid
+//! is killed when a command ends, including ones that left the process group with `setsid`).
 //!
 //! The isolated mode is what HumanEval/CodeGeeX-style harnesses get from a throw-away
 //! container; without it ([`Isolation::LimitsOnly`]) the programs run as the calling user
@@ -20,8 +21,19 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The uid and gid of `nobody`/`nogroup` on Debian and most Linux systems.
-const NOBODY: (u32, u32) = (65534, 65534);
+/// The first uid (and gid) of the isolated mode, ids no account uses. Each program directory
+/// gets its own id: `SANDBOX_IDS + (pid mod 1024) * 2^14 + (a process-wide counter mod 2^14)`,
+/// unique within a process (for 16384 directories at a time) and, across processes, as long
+/// as their pids differ modulo 1024.
+pub const SANDBOX_IDS: u32 = 2_000_000_000;
+
+/// The process-wide counter of program directories (all sandboxes of the process share it).
+static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn fresh_id(first_id: u32) -> u32 {
+    let n = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % (1 << 14);
+    first_id + (std::process::id() % 1024) * (1 << 14) + n
+}
 
 /// The directories replaced by an empty tmpfs in the isolated mode.
 const PRIVATE_TMP: [&str; 3] = ["/tmp", "/var/tmp", "/dev/shm"];
@@ -101,12 +113,11 @@ impl RunOutput {
 /// How far programs are isolated.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Isolation {
-    /// New network and mount namespaces, private tmpfs, run as `uid`/`gid`.
+    /// New network and mount namespaces, private tmpfs, a fresh uid/gid per program
+    /// directory from `first_id` on.
     Full {
-        /// The unprivileged user programs run as.
-        uid: u32,
-        /// Its group.
-        gid: u32,
+        /// The first of the unprivileged ids programs run as.
+        first_id: u32,
     },
     /// Rlimits, process group, cleared environment and a fresh directory only.
     LimitsOnly {
@@ -127,8 +138,7 @@ impl Isolation {
             };
         }
         let full = Isolation::Full {
-            uid: NOBODY.0,
-            gid: NOBODY.1,
+            first_id: SANDBOX_IDS,
         };
         let probe = Sandbox::new(full.clone(), 1).and_then(|sb| {
             let dir = sb.workdir("probe")?;
@@ -153,8 +163,9 @@ impl Isolation {
     /// One line for logs and reports.
     pub fn describe(&self) -> String {
         match self {
-            Isolation::Full { uid, .. } => format!(
-                "isolated: no network (new network namespace), private /tmp, uid {uid}, rlimits"
+            Isolation::Full { first_id } => format!(
+                "isolated: no network (new network namespace), private /tmp, a fresh uid per \
+                 program (from {first_id}), rlimits"
             ),
             Isolation::LimitsOnly { reason } => format!(
                 "NOT isolated ({reason}): programs run as this user with rlimits only and can \
@@ -172,8 +183,11 @@ pub struct Sandbox {
     isolation: Isolation,
     /// Processes the sandbox user already has (the NPROC base in [`Isolation::LimitsOnly`]).
     base_processes: u64,
-    /// Programs run at once (the NPROC limit is shared by the sandbox user's processes).
+    /// Programs run at once (without isolation the NPROC limit is shared by this user's
+    /// processes).
     concurrency: u64,
+    /// Isolated mode: the uid/gid of each program directory.
+    owners: std::sync::Mutex<std::collections::HashMap<PathBuf, u32>>,
     next: std::sync::atomic::AtomicU64,
 }
 
@@ -193,6 +207,7 @@ impl Sandbox {
             root,
             base_processes: processes_of(uid),
             concurrency: concurrency.max(1) as u64,
+            owners: Default::default(),
             isolation,
             next: Default::default(),
         })
@@ -215,8 +230,12 @@ impl Sandbox {
             .collect();
         let dir = self.root.path().join(format!("{safe}-{n}"));
         std::fs::create_dir(&dir)?;
-        if let Isolation::Full { uid, gid } = self.isolation {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+        if let Isolation::Full { first_id } = self.isolation {
+            let id = fresh_id(first_id);
+            std::os::unix::fs::chown(&dir, Some(id), Some(id))?;
+            if let Ok(mut owners) = self.owners.lock() {
+                owners.insert(dir.clone(), id);
+            }
         }
         Ok(dir)
     }
@@ -248,11 +267,29 @@ impl Sandbox {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let nproc = match self.isolation {
-            Isolation::Full { .. } => 0,
-            Isolation::LimitsOnly { .. } => self.base_processes,
-        } + limits.processes * self.concurrency;
-        let setup = ChildSetup::new(dir, limits, &self.isolation, nproc)?;
+        let owner = match self.isolation {
+            Isolation::Full { .. } => {
+                let id = self
+                    .owners
+                    .lock()
+                    .ok()
+                    .and_then(|o| o.get(dir).copied())
+                    .ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("{} is not a directory of this sandbox", dir.display()),
+                        )
+                    })?;
+                Some(id)
+            }
+            Isolation::LimitsOnly { .. } => None,
+        };
+        // Isolated: the uid is the program's own; else this user's processes count too.
+        let nproc = match owner {
+            Some(_) => limits.processes,
+            None => self.base_processes + limits.processes * self.concurrency,
+        };
+        let setup = ChildSetup::new(dir, limits, owner, nproc)?;
         // SAFETY: the closure only makes async-signal-safe system calls on data prepared
         // before the fork (no allocation, no locks).
         unsafe {
@@ -279,8 +316,12 @@ impl Sandbox {
             std::thread::sleep(Duration::from_millis(2));
         };
         let wall = start.elapsed();
-        // Whatever the program left running in its group goes too.
+        // Whatever the program left running in its group goes too, and (isolated) every
+        // process of its uid, also ones that left the group.
         kill_group(pid);
+        if let Some(id) = owner {
+            kill_uid(id);
+        }
         // A process that left the group may hold the pipes open: do not wait for it.
         let grace = Duration::from_secs(1);
         let (stdout, t1) = out_rx.recv_timeout(grace).unwrap_or_default();
@@ -300,6 +341,30 @@ fn kill_group(pgid: libc::pid_t) {
     // SAFETY: kill has no memory preconditions; a stale group only yields ESRCH.
     unsafe {
         libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
+/// Kills every process running as `id` (a sandbox uid): a short-lived child drops to that
+/// uid and sends SIGKILL to all processes it may signal (`kill(-1)`), which excludes itself.
+fn kill_uid(id: u32) {
+    let mut cmd = Command::new("true");
+    cmd.env_clear()
+        .env("PATH", SANDBOX_PATH)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: only async-signal-safe system calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setgid(id))?;
+            check(libc::setuid(id))?;
+            libc::kill(-1, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    if let Ok(mut child) = cmd.spawn() {
+        let _ = child.wait();
     }
 }
 
@@ -352,14 +417,13 @@ fn processes_of(uid: u32) -> u64 {
 /// Everything the child does between fork and exec, prepared in the parent.
 struct ChildSetup {
     rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
-    /// Isolated mode: (uid, gid, tmpfs targets, the program dir and its ancestors to create
-    /// inside the new tmpfs, the program dir).
+    /// Isolated mode: (the program's uid = gid, tmpfs targets, the program dir and its
+    /// ancestors to create inside the new tmpfs, the program dir).
     isolate: Option<Isolate>,
 }
 
 struct Isolate {
-    uid: u32,
-    gid: u32,
+    id: u32,
     tmpfs: Vec<CString>,
     ancestors: Vec<CString>,
     dir: CString,
@@ -375,7 +439,7 @@ fn cstring(p: &Path) -> io::Result<CString> {
 }
 
 impl ChildSetup {
-    fn new(dir: &Path, limits: &Limits, isolation: &Isolation, nproc: u64) -> io::Result<Self> {
+    fn new(dir: &Path, limits: &Limits, owner: Option<u32>, nproc: u64) -> io::Result<Self> {
         let rlimits = vec![
             (libc::RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 1),
             (libc::RLIMIT_AS, limits.address_space, limits.address_space),
@@ -383,9 +447,9 @@ impl ChildSetup {
             (libc::RLIMIT_NPROC, nproc, nproc),
             (libc::RLIMIT_CORE, 0, 0),
         ];
-        let isolate = match isolation {
-            Isolation::LimitsOnly { .. } => None,
-            Isolation::Full { uid, gid } => {
+        let isolate = match owner {
+            None => None,
+            Some(id) => {
                 let dir = dir.canonicalize()?;
                 let mut ancestors: Vec<CString> = dir
                     .ancestors()
@@ -395,8 +459,7 @@ impl ChildSetup {
                     .collect::<io::Result<_>>()?;
                 ancestors.reverse();
                 Some(Isolate {
-                    uid: *uid,
-                    gid: *gid,
+                    id,
                     tmpfs: PRIVATE_TMP
                         .iter()
                         .filter(|t| Path::new(t).is_dir())
@@ -462,8 +525,8 @@ impl ChildSetup {
             }
             if let Some(iso) = &self.isolate {
                 check(libc::setgroups(0, std::ptr::null()))?;
-                check(libc::setgid(iso.gid))?;
-                check(libc::setuid(iso.uid))?;
+                check(libc::setgid(iso.id))?;
+                check(libc::setuid(iso.id))?;
             }
         }
         Ok(())

@@ -254,3 +254,37 @@ fn the_environment_is_cleared() {
     keys.sort();
     assert_eq!(keys, ["HOME", "LANG", "PATH"]);
 }
+
+#[test]
+fn a_process_that_leaves_its_group_is_killed_when_isolated() {
+    let (sb, _) = setup(1);
+    if !sb.isolation().is_isolated() {
+        eprintln!("skipped: {}", sb.isolation().describe());
+        return;
+    }
+    let dir = sb.workdir("escape").unwrap();
+    let code = "import os, sys, time\nif os.fork() == 0:\n    os.setsid()\n    open('child.pid', 'w').write(str(os.getpid()))\n    time.sleep(60)\n    os._exit(0)\ntime.sleep(1)\nsys.stderr.write('parent done\\n')\n";
+    let argv: Vec<String> = ["python3", "-c", code]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let start = std::time::Instant::now();
+    let out = sb.run(&dir, &argv, &[], &Limits::run(10)).unwrap();
+    assert!(out.success(), "{out:?}");
+    // The parent's stderr arrives although the child held the pipe.
+    assert_eq!(out.stderr, "parent done\n");
+    assert!(start.elapsed().as_secs_f64() < 5.0);
+    let pid: u32 = std::fs::read_to_string(dir.join("child.pid"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .is_ok_and(|s| !s.lines().any(|l| l.starts_with("State:\tZ")))
+    };
+    let t = std::time::Instant::now();
+    while alive() && t.elapsed().as_secs() < 2 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!alive(), "the setsid child {pid} outlived its program");
+}

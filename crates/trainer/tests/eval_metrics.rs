@@ -202,6 +202,34 @@ fn pass_at_1_of_a_completions_file_equals_the_known_good_count() {
         err.contains("completions.jsonl, line 2") && err.contains("nope/1"),
         "{err}"
     );
+
+    // An empty file, a missing bundle directory and --limit with --completions are refused.
+    std::fs::write(&file, "").unwrap();
+    let out = coba_dist(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no completions"));
+    let missing = dir.path().join("no-bundle").display().to_string();
+    let out = coba_dist(&[
+        "eval",
+        "--metrics",
+        "pass@1",
+        "--completions",
+        &f,
+        "--eval-data",
+        &missing,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&missing));
+    let out = coba_dist(&[
+        "eval",
+        "--metrics",
+        "pass@1",
+        "--completions",
+        &f,
+        "--limit",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
 
 const IM_END: u32 = 2;

@@ -97,7 +97,13 @@ pub struct EvalArgs {
     #[arg(long, value_name = "DIR", requires = "metrics")]
     pub(super) out: Option<PathBuf>,
     /// At most N problems per task, evenly spaced (a quick look; the table says how many).
-    #[arg(long, value_name = "N", value_parser = positive, requires = "metrics")]
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = positive,
+        requires = "metrics",
+        conflicts_with = "completions"
+    )]
     pub(super) limit: Option<usize>,
     /// Token limit per generated completion.
     #[arg(long, value_name = "N", default_value_t = 512, value_parser = positive)]

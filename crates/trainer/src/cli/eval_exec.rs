@@ -217,6 +217,19 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// Resolves tasks, problems, model and output directory.
 fn plan(args: &EvalArgs, metrics: &[Metric]) -> Result<Plan, ExitError> {
+    if !args.eval_data.is_dir() {
+        return Err(bad_input(anyhow!(
+            "--eval-data {}: no such directory (the eval bundle ships in the repository's \
+             data/eval: run from the repository root or give its path)",
+            args.eval_data.display()
+        )));
+    }
+    if let Some(out) = args.out.as_ref().filter(|o| o.exists() && !o.is_dir()) {
+        return Err(bad_input(anyhow!(
+            "--out {}: exists and is not a directory",
+            out.display()
+        )));
+    }
     let (tasks, model, tokenizer, template, default_out) = match &args.config {
         Some(path) => {
             let train = super::train::load_config(Some(path), &args.set)?;
@@ -243,14 +256,15 @@ fn plan(args: &EvalArgs, metrics: &[Metric]) -> Result<Plan, ExitError> {
                     .tasks
             };
             let (tok, template) = match &args.model {
-                Some(m) => (
+                // Given completions need no model, tokenizer or template.
+                Some(m) if args.completions.is_none() => (
                     Some(
                         model_path::tokenizer_for(m, args.tokenizer.as_deref())
                             .map_err(bad_input)?,
                     ),
                     model_path::template_for(m, args.template.as_deref()).map_err(bad_input)?,
                 ),
-                None => (None, ::data::config::TemplateConfig::default()),
+                _ => (None, ::data::config::TemplateConfig::default()),
             };
             (
                 tasks,
@@ -293,9 +307,13 @@ fn plan(args: &EvalArgs, metrics: &[Metric]) -> Result<Plan, ExitError> {
                 .collect::<Vec<_>>()
                 .join(","),
             args.eval_data.display(),
-            functional::problems::bundle_tasks(&args.eval_data)
+            match functional::problems::bundle_tasks(&args.eval_data)
                 .map_err(bad_input)?
                 .join(", ")
+            {
+                t if t.is_empty() => "none".to_string(),
+                t => t,
+            }
         )));
     }
     Ok(Plan {
@@ -329,12 +347,27 @@ fn read_completions(path: &Path, problems: &mut Vec<Problem>) -> Result<Vec<Stri
             .ok_or_else(|| bad("no string field `completion`".into()))?;
         if !problems.iter().any(|p| p.id == id) {
             return Err(bad(format!(
-                "`id` {id} is not a problem of the evaluated tasks and metrics"
+                "`id` {id} is not a problem of the evaluated tasks and metrics (--metrics \
+                 {}: code problems count towards pass@1, GSM8K ones towards accuracy)",
+                problems
+                    .iter()
+                    .map(|p| p.check.metric().as_str())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+                    .join(",")
             )));
         }
         if by_id.insert(id.to_string(), c.to_string()).is_some() {
             return Err(bad(format!("`id` {id} appears twice")));
         }
+    }
+    if by_id.is_empty() {
+        return Err(bad_input(anyhow!(
+            "--completions {}: no completions (expected JSONL lines {{\"id\": ..., \
+             \"completion\": ...}})",
+            path.display()
+        )));
     }
     let missing = problems
         .iter()

@@ -152,6 +152,22 @@ pub fn validate(cfg: &TrainConfig) -> Result<(), ConfigError> {
             ),
         );
     }
+    if !metrics.is_empty()
+        && !cfg
+            .data
+            .tasks
+            .iter()
+            .any(|t| codeexec::problems::bundle_path(&cfg.eval.data, &t.name).is_some())
+    {
+        return err(
+            "eval.metrics",
+            format!(
+                "none of the tasks has a file <task>_test.jsonl[.gz] in {} (eval.data): there \
+                 is nothing to run; remove [eval] metrics or point eval.data at the bundle",
+                cfg.eval.data.display()
+            ),
+        );
+    }
     cfg.data
         .validate()
         .map_err(|e| ConfigError(format!("[data]: {e}")))?;
