@@ -1,10 +1,13 @@
 //! Bucketed all-reduce of named candle tensors (gradients).
 //!
 //! Tensors are visited in name order (never in HashMap order, which differs between
-//! processes), flattened into one host buffer per reduction precision and all-reduced in
-//! buckets of at most [`BucketOptions::bucket_bytes`]; a tensor larger than a bucket simply
-//! spans several. Results are written back with each tensor's shape, dtype and device.
-//! `f64` tensors are reduced in `f64`; `f32`, `f16` and `bf16` tensors in `f32`.
+//! processes), flattened into one buffer per reduction precision on their own device and
+//! all-reduced in buckets of at most [`BucketOptions::bucket_bytes`] through the backend's
+//! one primitive, [`Communicator::all_reduce_sum_tensor`] (host staging for MPI, NCCL on the
+//! CUDA buffer itself); a tensor larger than a bucket simply spans several. Results are
+//! written back with each tensor's shape, dtype and device. `f64` tensors are reduced in
+//! `f64`; `f32`, `f16` and `bf16` tensors in `f32` (gradients are summed in f32 on every
+//! backend, so N ranks give the same sums whatever the parameters' dtype).
 
 use std::collections::HashMap;
 
@@ -149,23 +152,8 @@ pub fn all_reduce_named(
     if options.check_layout && comm.world_size() > 1 {
         check_layout(comm, &sorted)?;
     }
-    let world = comm.world_size();
-    let f32_results = reduce_group::<f32>(
-        &sorted,
-        &precisions,
-        Precision::F32,
-        options,
-        world,
-        |buf| comm.all_reduce_sum_f32(buf),
-    )?;
-    let f64_results = reduce_group::<f64>(
-        &sorted,
-        &precisions,
-        Precision::F64,
-        options,
-        world,
-        |buf| comm.all_reduce_sum_f64(buf),
-    )?;
+    let f32_results = reduce_group(comm, &sorted, &precisions, Precision::F32, options)?;
+    let f64_results = reduce_group(comm, &sorted, &precisions, Precision::F64, options)?;
     let mut results: Vec<Option<Tensor>> = vec![None; sorted.len()];
     for (pos, t) in f32_results.into_iter().chain(f64_results) {
         results[pos] = Some(t);
@@ -178,32 +166,16 @@ pub fn all_reduce_named(
     Ok(())
 }
 
-/// Element types the tensor helper reduces in.
-trait Element: candle_core::WithDType + Copy {
-    fn scale(self, by: f64) -> Self;
-}
-
-impl Element for f32 {
-    fn scale(self, by: f64) -> Self {
-        self * by as f32
-    }
-}
-
-impl Element for f64 {
-    fn scale(self, by: f64) -> Self {
-        self * by
-    }
-}
-
-/// Flatten the tensors of one precision (in the given, sorted order), reduce them bucket by
-/// bucket, and return `(position in sorted, reduced tensor)`.
-fn reduce_group<T: Element>(
+/// Flatten the tensors of one precision (in the given, sorted order) into one buffer on their
+/// device, reduce it bucket by bucket with [`Communicator::all_reduce_sum_tensor`], and return
+/// `(position in sorted, reduced tensor)`. A tensor that spans buckets is stitched back from
+/// its pieces; the others are views of their bucket.
+fn reduce_group(
+    comm: &dyn Communicator,
     sorted: &[(&str, &Tensor)],
     precisions: &[Precision],
     which: Precision,
     options: &BucketOptions,
-    world: usize,
-    mut reduce: impl FnMut(&mut [T]) -> Result<()>,
 ) -> Result<Vec<(usize, Tensor)>> {
     let members: Vec<usize> = (0..sorted.len())
         .filter(|&i| precisions[i] == which)
@@ -211,37 +183,78 @@ fn reduce_group<T: Element>(
     if members.is_empty() {
         return Ok(Vec::new());
     }
-    let total: usize = members.iter().map(|&i| sorted[i].1.elem_count()).sum();
-    let mut flat: Vec<T> = Vec::with_capacity(total);
+    let dtype = match which {
+        Precision::F32 => DType::F32,
+        Precision::F64 => DType::F64,
+    };
+    let mut parts = Vec::with_capacity(members.len());
     for &i in &members {
         let (name, t) = sorted[i];
-        let values = t
-            .to_dtype(T::DTYPE)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<T>())
-            .map_err(tensor_err(name))?;
-        flat.extend_from_slice(&values);
+        parts.push(
+            t.to_dtype(dtype)
+                .and_then(|t| t.flatten_all())
+                .map_err(tensor_err(name))?,
+        );
     }
-    let bucket_elems = (options.bucket_bytes / std::mem::size_of::<T>()).max(1);
-    for bucket in flat.chunks_mut(bucket_elems) {
-        reduce(bucket)?;
+    let flat = Tensor::cat(&parts, 0).map_err(tensor_err(sorted[members[0]].0))?;
+    drop(parts);
+    let total = flat.elem_count();
+    let bucket_elems = (options.bucket_bytes / dtype.size_in_bytes()).max(1);
+    let world = comm.world_size();
+    let mut buckets = Vec::with_capacity(total.div_ceil(bucket_elems));
+    for start in (0..total).step_by(bucket_elems) {
+        let len = bucket_elems.min(total - start);
+        let chunk = flat.narrow(0, start, len).map_err(tensor_err("bucket"))?;
+        let mut reduced = comm.all_reduce_sum_tensor(&chunk)?;
+        if options.average && world > 1 {
+            reduced = reduced
+                .affine(1.0 / world as f64, 0.0)
+                .map_err(tensor_err("bucket"))?;
+        }
+        buckets.push(reduced);
     }
-    if options.average && world > 1 {
-        let by = 1.0 / world as f64;
-        flat.iter_mut().for_each(|x| *x = x.scale(by));
-    }
+    drop(flat);
     let mut out = Vec::with_capacity(members.len());
     let mut offset = 0;
     for &i in &members {
         let (name, t) = sorted[i];
         let n = t.elem_count();
-        let reduced = Tensor::from_slice(&flat[offset..offset + n], t.shape(), t.device())
-            .and_then(|r| r.to_dtype(t.dtype()))
-            .map_err(tensor_err(name))?;
+        let reduced = if n == 0 {
+            t.zeros_like()
+        } else {
+            elements(&buckets, bucket_elems, offset, n)
+                .and_then(|r| r.reshape(t.shape()))
+                .and_then(|r| r.to_dtype(t.dtype()))
+        }
+        .map_err(tensor_err(name))?;
         offset += n;
         out.push((i, reduced));
     }
     Ok(out)
+}
+
+/// Elements `start..start + len` of the concatenation of `buckets` (each `bucket_elems` long but
+/// the last), as one 1-D tensor: a view when they lie in one bucket.
+fn elements(
+    buckets: &[Tensor],
+    bucket_elems: usize,
+    start: usize,
+    len: usize,
+) -> candle_core::Result<Tensor> {
+    let mut pieces = Vec::new();
+    let mut at = start;
+    let end = start + len;
+    while at < end {
+        let (b, within) = (at / bucket_elems, at % bucket_elems);
+        let take = (bucket_elems - within).min(end - at);
+        pieces.push(buckets[b].narrow(0, within, take)?);
+        at += take;
+    }
+    if pieces.len() == 1 {
+        Ok(pieces.swap_remove(0))
+    } else {
+        Tensor::cat(&pieces, 0)
+    }
 }
 
 /// [`all_reduce_named`] over a map (the map's iteration order does not matter).
@@ -323,6 +336,117 @@ mod tests {
             .to_vec1::<f32>()
             .unwrap();
         assert_eq!(c, [0.5, -1.5]);
+    }
+
+    /// Two identical ranks, seen from one: every sum doubles; records each host call's length.
+    struct Twins {
+        calls: std::cell::RefCell<Vec<usize>>,
+    }
+
+    impl Communicator for Twins {
+        fn backend(&self) -> crate::Backend {
+            crate::Backend::Local
+        }
+        fn rank(&self) -> usize {
+            0
+        }
+        fn world_size(&self) -> usize {
+            2
+        }
+        fn local_rank(&self) -> usize {
+            0
+        }
+        fn local_world_size(&self) -> usize {
+            2
+        }
+        fn host(&self) -> String {
+            "twins".to_owned()
+        }
+        fn device(&self) -> String {
+            "cpu".to_owned()
+        }
+        fn set_step(&self, _step: u64) {}
+        fn step(&self) -> u64 {
+            0
+        }
+        fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
+            self.calls.borrow_mut().push(buf.len());
+            buf.iter_mut().for_each(|x| *x *= 2.0);
+            Ok(())
+        }
+        fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
+            buf.iter_mut().for_each(|x| *x *= 2.0);
+            Ok(())
+        }
+        fn broadcast_bytes(&self, _buf: &mut Vec<u8>, _root: usize) -> Result<()> {
+            Ok(())
+        }
+        fn broadcast_f64(&self, _buf: &mut [f64], _root: usize) -> Result<()> {
+            Ok(())
+        }
+        fn barrier(&self) -> Result<()> {
+            Ok(())
+        }
+        fn abort(&self, code: i32) -> ! {
+            std::process::exit(code)
+        }
+    }
+
+    #[test]
+    fn buckets_split_and_stitch_tensors_across_bucket_boundaries() {
+        let comm = Twins {
+            calls: Default::default(),
+        };
+        // Name order: a (5 elements), b (0), c (2x3 transposed view: not contiguous), d (4).
+        let c = t(&[1., 2., 3., 4., 5., 6.], &[2, 3]).t().unwrap();
+        let mut list = vec![
+            ("d".to_owned(), t(&[7., 8., 9., 10.], &[4])),
+            ("c".to_owned(), c.clone()),
+            ("b".to_owned(), t(&[], &[0, 3])),
+            ("a".to_owned(), t(&[0.25, 0.5, 0.75, 1.0, 1.25], &[5])),
+        ];
+        let opts = BucketOptions {
+            bucket_bytes: 4 * 4,
+            average: false,
+            check_layout: false,
+        };
+        all_reduce_named(&comm, &mut list, &opts).unwrap();
+        // 5 + 0 + 6 + 4 = 15 f32 in buckets of 4.
+        assert_eq!(*comm.calls.borrow(), [4, 4, 4, 3]);
+        let values = |x: &Tensor| x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(values(&list[0].1), [14., 16., 18., 20.]);
+        assert_eq!(list[1].1.dims(), [3, 2]);
+        let want_c: Vec<f32> = values(&c).iter().map(|x| x * 2.0).collect();
+        assert_eq!(values(&list[1].1), want_c);
+        assert_eq!(list[2].1.dims(), [0, 3]);
+        assert_eq!(values(&list[3].1), [0.5, 1.0, 1.5, 2.0, 2.5]);
+        // Averaging over the two ranks gives the inputs back.
+        let mut list = vec![("a".to_owned(), t(&[0.25, 0.5, 0.75], &[3]))];
+        let opts = BucketOptions {
+            average: true,
+            ..opts
+        };
+        all_reduce_named(&comm, &mut list, &opts).unwrap();
+        assert_eq!(values(&list[0].1), [0.25, 0.5, 0.75]);
+    }
+
+    #[test]
+    fn host_tensor_reduction_keeps_dtype_and_sums_16_bit_floats_in_f32() {
+        let comm = Twins {
+            calls: Default::default(),
+        };
+        let x = t(&[1.5, -3.0, 0.1], &[3]).to_dtype(DType::BF16).unwrap();
+        let sum = comm.all_reduce_sum_tensor(&x).unwrap();
+        assert_eq!(sum.dtype(), DType::BF16);
+        let want = x.to_dtype(DType::F32).unwrap().affine(2.0, 0.0).unwrap();
+        let got = sum.to_dtype(DType::F32).unwrap();
+        assert_eq!(
+            got.to_vec1::<f32>().unwrap(),
+            want.to_vec1::<f32>().unwrap()
+        );
+        let ids = Tensor::from_slice(&[1u32], 1, &Device::Cpu).unwrap();
+        let err = comm.all_reduce_sum_tensor(&ids).unwrap_err();
+        assert!(err.to_string().contains("dtype U32"), "{err}");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use candle_core::{DType, Tensor};
+
 use crate::error::{Error, Result};
 
 /// Which engine moves the data.
@@ -54,6 +56,22 @@ pub trait Communicator {
     fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()>;
     /// Element-wise sum of `buf` over all ranks, written back into `buf` on every rank.
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()>;
+    /// Element-wise sum over all ranks of one buffer held in a tensor of any shape, `f32`,
+    /// `bf16` or `f64`, on this rank's device: the primitive the bucketed all-reduce
+    /// ([`crate::all_reduce_named`]) calls once per bucket. Returns the sum with the input's
+    /// shape, dtype and device; every rank passes the same element count and dtype.
+    ///
+    /// The default stages through host memory with [`Communicator::all_reduce_sum_f32`] /
+    /// [`Communicator::all_reduce_sum_f64`] (`bf16` and `f16` are summed in `f32` and rounded
+    /// once). NCCL overrides it for CUDA tensors: the device buffer is reduced by NCCL on the
+    /// tensor's own CUDA stream, without host copies, in the tensor's dtype.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for other dtypes, [`Error::Tensor`] when a copy fails, and
+    /// the backend's errors.
+    fn all_reduce_sum_tensor(&self, buf: &Tensor) -> Result<Tensor> {
+        host_all_reduce_tensor(self, buf)
+    }
     /// Replace `buf` on every rank by the bytes of `root`'s `buf` (any length; receivers'
     /// buffers are resized).
     fn broadcast_bytes(&self, buf: &mut Vec<u8>, root: usize) -> Result<()>;
@@ -63,6 +81,45 @@ pub trait Communicator {
     fn barrier(&self) -> Result<()>;
     /// Terminate every rank of the job with exit status `code`. Never returns.
     fn abort(&self, code: i32) -> !;
+}
+
+/// [`Communicator::all_reduce_sum_tensor`] through host memory: copy out (16-bit floats as
+/// `f32`), sum with the host-slice collective, copy back in the input's dtype and device.
+pub fn host_all_reduce_tensor<C: Communicator + ?Sized>(comm: &C, buf: &Tensor) -> Result<Tensor> {
+    const WHAT: &str = "all_reduce_sum_tensor";
+    let err = |source| Error::Tensor {
+        name: WHAT.to_owned(),
+        source,
+    };
+    let reduced = match buf.dtype() {
+        DType::F64 => {
+            let mut host = buf
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f64>())
+                .map_err(err)?;
+            comm.all_reduce_sum_f64(&mut host)?;
+            Tensor::from_vec(host, buf.shape(), buf.device()).map_err(err)?
+        }
+        DType::F32 | DType::BF16 | DType::F16 => {
+            let mut host = buf
+                .to_dtype(DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(err)?;
+            comm.all_reduce_sum_f32(&mut host)?;
+            Tensor::from_vec(host, buf.shape(), buf.device())
+                .and_then(|t| t.to_dtype(buf.dtype()))
+                .map_err(err)?
+        }
+        other => {
+            return Err(Error::InvalidArgument {
+                collective: WHAT,
+                rank: comm.rank(),
+                reason: format!("dtype {other:?}; only f16, bf16, f32 and f64 are reduced"),
+            })
+        }
+    };
+    Ok(reduced)
 }
 
 /// Exit status used when a collective exceeds `collective_timeout_s`.

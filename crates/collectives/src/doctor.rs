@@ -1,18 +1,23 @@
 //! `coba-dist doctor`: who is in the job, do the collectives compute the right values, and how
 //! fast is an all-reduce.
 //!
-//! Every rank must call [`run`]; rank 0 writes the report. Bandwidths follow nccl-tests:
+//! Every rank must call [`run`]; rank 0 writes the report. The bandwidth table times the path
+//! gradients take: [`Communicator::all_reduce_sum_tensor`] on f32 tensors of the training
+//! device (NCCL on the GPU buffer, or host staging for MPI). Bandwidths follow nccl-tests:
 //! `algbw = bytes / time`, `busbw = algbw * 2 (n - 1) / n` for an all-reduce over `n` ranks,
 //! in GB/s (10^9 bytes per second); `time` is the mean over ranks of the mean per call.
 
 use std::io::Write;
 use std::time::Instant;
 
+use candle_core::{DType, Device, Tensor};
+
+use crate::bucket::{all_reduce_named, BucketOptions};
 use crate::communicator::Communicator;
 use crate::error::{Error, Result};
 
 /// What [`run`] measures.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct DoctorOptions {
     /// Smallest all-reduce payload, in bytes (default 1 KiB).
     pub min_bytes: usize,
@@ -20,6 +25,11 @@ pub struct DoctorOptions {
     pub max_bytes: usize,
     /// CPU threads per rank, for the per-rank line (the caller sets them).
     pub threads: usize,
+    /// The training device: the bucketed device check and the bandwidth table use tensors on
+    /// it (this rank's GPU for NCCL).
+    pub device: Device,
+    /// Lines rank 0 prints first (e.g. the GPU, driver and NCCL versions).
+    pub environment: Vec<String>,
 }
 
 impl Default for DoctorOptions {
@@ -28,6 +38,8 @@ impl Default for DoctorOptions {
             min_bytes: 1 << 10,
             max_bytes: 256 << 20,
             threads: 1,
+            device: Device::Cpu,
+            environment: Vec::new(),
         }
     }
 }
@@ -161,14 +173,62 @@ fn check_broadcasts(comm: &dyn Communicator) -> Result<bool> {
     Ok(bytes == payload && floats == values)
 }
 
-fn measure(comm: &dyn Communicator, bytes: usize) -> Result<Bandwidth> {
-    let mut buf = vec![1.0f32; bytes / 4];
-    comm.all_reduce_sum_f32(&mut buf)?; // warm-up: page faults, connection set-up
+/// The bucketed all-reduce of device tensors: f32 (spanning 1 KiB buckets), bf16 and f64
+/// tensors of small integers (exact in every dtype) sum to the closed form on every rank.
+fn check_device_buckets(comm: &dyn Communicator, device: &Device) -> Result<bool> {
+    let r = comm.rank() as f64 + 1.0;
+    let n = comm.world_size() as f64;
+    let ranks_sum = n * (n + 1.0) / 2.0;
+    let specs = [
+        ("a_f32", DType::F32, 700),
+        ("b_bf16", DType::BF16, 33),
+        ("c_f64", DType::F64, 9),
+    ];
+    let err = |name: &str| {
+        let name = name.to_owned();
+        move |source| Error::Tensor { name, source }
+    };
+    let mut list = Vec::new();
+    for (name, dtype, len) in specs {
+        let values: Vec<f64> = (0..len).map(|i| r * (i % 7 + 1) as f64).collect();
+        let t = Tensor::from_vec(values, len, device)
+            .and_then(|t| t.to_dtype(dtype))
+            .map_err(err(name))?;
+        list.push((name.to_owned(), t));
+    }
+    let options = BucketOptions {
+        bucket_bytes: 1024,
+        ..BucketOptions::default()
+    };
+    all_reduce_named(comm, &mut list, &options)?;
+    let mut ok = true;
+    for ((name, t), (_, dtype, len)) in list.iter().zip(specs) {
+        let got = t
+            .to_dtype(DType::F64)
+            .and_then(|t| t.to_vec1::<f64>())
+            .map_err(err(name))?;
+        ok &= t.dtype() == dtype
+            && t.device().same_device(device)
+            && got.len() == len
+            && got
+                .iter()
+                .enumerate()
+                .all(|(i, &x)| x == ranks_sum * (i % 7 + 1) as f64);
+    }
+    Ok(ok)
+}
+
+fn measure(comm: &dyn Communicator, device: &Device, bytes: usize) -> Result<Bandwidth> {
+    let buf = Tensor::ones(bytes / 4, DType::F32, device).map_err(|source| Error::Tensor {
+        name: "doctor bandwidth buffer".to_owned(),
+        source,
+    })?;
+    comm.all_reduce_sum_tensor(&buf)?; // warm-up: page faults, connection set-up
     comm.barrier()?;
     let iters = iterations(bytes);
     let start = Instant::now();
     for _ in 0..iters {
-        comm.all_reduce_sum_f32(&mut buf)?;
+        comm.all_reduce_sum_tensor(&buf)?;
     }
     let mut seconds = [start.elapsed().as_secs_f64() / iters as f64];
     comm.all_reduce_sum_f64(&mut seconds)?;
@@ -213,7 +273,11 @@ pub fn run(
     );
     let ranks = gather_lines(comm, &own)?;
     if lead {
-        ranks.iter().try_for_each(|line| writeln!(out, "{line}"))?;
+        options
+            .environment
+            .iter()
+            .chain(&ranks)
+            .try_for_each(|line| writeln!(out, "{line}"))?;
     }
     let mut checks = Vec::new();
     let tests: [(&'static str, CheckFn); 3] = [
@@ -221,8 +285,16 @@ pub fn run(
         ("all_reduce_sum_f64 (to 1e-6)", check_all_reduce_f64),
         ("broadcast_bytes and broadcast_f64", check_broadcasts),
     ];
-    for (name, test) in tests {
-        let failed_ranks = failures(comm, test(comm)?)?;
+    let device_check = (
+        "bucketed all_reduce of f32/bf16/f64 device tensors (exact integers)",
+        check_device_buckets(comm, &options.device)?,
+    );
+    let results = tests
+        .into_iter()
+        .map(|(name, test)| Ok((name, test(comm)?)))
+        .collect::<Result<Vec<_>>>()?;
+    for (name, ok) in results.into_iter().chain([device_check]) {
+        let failed_ranks = failures(comm, ok)?;
         if lead {
             let verdict = if failed_ranks == 0 {
                 "ok".to_owned()
@@ -242,7 +314,7 @@ pub fn run(
     }
     let mut bandwidth = Vec::new();
     for bytes in sizes(options.min_bytes, options.max_bytes) {
-        let row = measure(comm, bytes)?;
+        let row = measure(comm, &options.device, bytes)?;
         if lead {
             writeln!(
                 out,
@@ -294,6 +366,8 @@ mod tests {
             min_bytes: 1024,
             max_bytes: 4096,
             threads: 2,
+            environment: vec!["gpu: none".to_owned()],
+            ..DoctorOptions::default()
         };
         let mut out = Vec::new();
         let report = run(&Local::new(), &opts, &mut out).unwrap();
@@ -302,6 +376,11 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains("backend local  device cpu  threads 2"),
+            "{text}"
+        );
+        assert!(text.starts_with("gpu: none\n"), "{text}");
+        assert!(
+            text.contains("device tensors (exact integers): ok"),
             "{text}"
         );
         assert!(text.contains("doctor: PASSED"), "{text}");
@@ -313,6 +392,7 @@ mod tests {
             min_bytes: 4096,
             max_bytes: 1024,
             threads: 1,
+            ..DoctorOptions::default()
         };
         assert!(run(&Local::new(), &opts, &mut Vec::new()).is_err());
     }

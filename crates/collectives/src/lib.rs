@@ -22,6 +22,8 @@ mod local;
 mod mpi_backend;
 #[cfg(feature = "nccl")]
 mod nccl_backend;
+#[cfg(all(feature = "nccl", feature = "candle-cuda"))]
+mod nccl_tensor;
 pub mod watchdog;
 
 use std::str::FromStr;
@@ -31,7 +33,8 @@ pub use bucket::{
     all_reduce_grads, all_reduce_map, all_reduce_named, BucketOptions, DEFAULT_BUCKET_BYTES,
 };
 pub use communicator::{
-    exit_on_error, host_name, Backend, Communicator, EXIT_COLLECTIVE_TIMEOUT, EXIT_RANK_FAILED,
+    exit_on_error, host_all_reduce_tensor, host_name, Backend, Communicator,
+    EXIT_COLLECTIVE_TIMEOUT, EXIT_RANK_FAILED,
 };
 pub use error::{Error, Result};
 pub use local::Local;
@@ -93,6 +96,19 @@ impl Default for InitOptions {
 pub const MPI_COMPILED: bool = cfg!(feature = "mpi");
 /// Whether this build contains the NCCL backend.
 pub const NCCL_COMPILED: bool = cfg!(feature = "nccl");
+
+/// The loaded NCCL library's version (`2.27.3`), or why there is none: a build without the
+/// `nccl` feature, or libnccl.so.2 not found.
+pub fn nccl_version() -> std::result::Result<String, String> {
+    #[cfg(feature = "nccl")]
+    {
+        Nccl::nccl_version().map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "nccl"))]
+    {
+        Err("not built with the nccl feature".to_owned())
+    }
+}
 
 /// Create the communicator for this process (call once, before any other MPI use).
 ///

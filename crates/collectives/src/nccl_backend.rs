@@ -6,27 +6,33 @@
 //! `local_rank % visible GPUs`; the CUDA driver already applies a pre-set
 //! `CUDA_VISIBLE_DEVICES`, so a launcher that pins one GPU per task is respected.
 //!
-//! The [`Communicator`] methods take host slices and stage them through device memory;
-//! [`Nccl::all_reduce_sum_device_f32`] reduces a device buffer without copies.
+//! What runs where: device buffers (the gradient buckets, through
+//! [`Communicator::all_reduce_sum_tensor`] on CUDA tensors, or [`Nccl::all_reduce_sum_slice`])
+//! are reduced by NCCL on the CUDA stream that owns them (candle's stream), with no host copy
+//! and no second CUDA context (cudarc and candle share the device's primary context). The NCCL
+//! communicator is created on the first device collective, bound to that stream: every rank
+//! reaches it at the same call, as collectives require. The host-slice collectives (per-task
+//! loss sums and token counts, the weight broadcast, layout fingerprints: bytes, not
+//! megabytes) stay on MPI.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, DriverError};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DriverError};
 use cudarc::nccl::result::NcclError;
 use cudarc::nccl::sys::ncclResult_t;
 use cudarc::nccl::{Comm, Id, NcclType, ReduceOp};
 
-use crate::communicator::{check_root, Backend, Communicator};
+use crate::communicator::{Backend, Communicator};
 use crate::error::{Error, Result};
 use crate::mpi_backend::Mpi;
 
 /// The NCCL communicator (plus the MPI one it was bootstrapped from).
 pub struct Nccl {
-    // Field order is drop order: NCCL before the stream, MPI last.
-    comm: Comm,
-    stream: Arc<CudaStream>,
+    // Field order is drop order: NCCL before MPI.
+    comm: OnceLock<Comm>,
+    id: [std::os::raw::c_char; 128],
     ordinal: usize,
     device_name: String,
     mpi: Mpi,
@@ -37,6 +43,7 @@ impl std::fmt::Debug for Nccl {
         f.debug_struct("Nccl")
             .field("ordinal", &self.ordinal)
             .field("device_name", &self.device_name)
+            .field("joined", &self.comm.get().is_some())
             .field("mpi", &self.mpi)
             .finish()
     }
@@ -84,19 +91,19 @@ fn init_error(reason: String) -> Error {
 }
 
 impl Nccl {
-    /// Initialise MPI, pick this rank's GPU and join the NCCL communicator.
+    /// Initialise MPI, pick this rank's GPU and share the NCCL id (the communicator itself is
+    /// joined on the first device collective, on that buffer's stream).
     pub fn init(collective_timeout: Option<Duration>) -> Result<Self> {
         let mpi = Mpi::init(collective_timeout)?;
         // cudarc panics when libcuda / libnccl cannot be loaded: turn that into an error.
-        let setup =
-            catch_unwind(AssertUnwindSafe(|| Self::open_device(&mpi))).map_err(|_| {
-                init_error(
-                    "cannot load the CUDA driver or NCCL library (libcuda.so.1, libnccl.so.2): \
+        let (ordinal, device_name) = catch_unwind(AssertUnwindSafe(|| Self::open_device(&mpi)))
+            .map_err(|_| {
+            init_error(
+                "cannot load the CUDA driver or NCCL library (libcuda.so.1, libnccl.so.2): \
                      install the NVIDIA driver and NCCL, or add them to LD_LIBRARY_PATH"
-                        .to_owned(),
-                )
-            })??;
-        let (stream, ordinal, device_name) = setup;
+                    .to_owned(),
+            )
+        })??;
         let mut id_bytes = if mpi.rank() == 0 {
             let id = catch_unwind(Id::new)
                 .map_err(|_| init_error("cannot load NCCL (libnccl.so.2)".to_owned()))?
@@ -106,34 +113,27 @@ impl Nccl {
             Vec::new()
         };
         mpi.broadcast_bytes(&mut id_bytes, 0)?;
-        let mut internal = [0 as std::os::raw::c_char; 128];
-        if id_bytes.len() != internal.len() {
+        let mut id = [0 as std::os::raw::c_char; 128];
+        if id_bytes.len() != id.len() {
             return Err(init_error(format!(
                 "received a {}-byte NCCL id, expected {}",
                 id_bytes.len(),
-                internal.len()
+                id.len()
             )));
         }
-        for (dst, src) in internal.iter_mut().zip(&id_bytes) {
+        for (dst, src) in id.iter_mut().zip(&id_bytes) {
             *dst = *src as std::os::raw::c_char;
         }
-        let comm = Comm::from_rank(
-            Arc::clone(&stream),
-            mpi.rank(),
-            mpi.world_size(),
-            Id::uninit(internal),
-        )
-        .map_err(|e| init_error(explain_nccl(&e)))?;
         Ok(Self {
-            comm,
-            stream,
+            comm: OnceLock::new(),
+            id,
             ordinal,
             device_name,
             mpi,
         })
     }
 
-    fn open_device(mpi: &Mpi) -> Result<(Arc<CudaStream>, usize, String)> {
+    fn open_device(mpi: &Mpi) -> Result<(usize, String)> {
         let count = CudaContext::device_count().map_err(|e| init_error(explain_cuda(&e)))?;
         let count = usize::try_from(count).unwrap_or(0);
         if count == 0 {
@@ -151,14 +151,15 @@ impl Nccl {
             )));
         }
         let ordinal = mpi.local_rank() % count;
+        // The device's primary context: the one candle's CudaDevice retains too.
         let ctx = CudaContext::new(ordinal).map_err(|e| init_error(explain_cuda(&e)))?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".to_owned());
-        Ok((ctx.default_stream(), ordinal, name))
+        Ok((ordinal, name))
     }
 
-    /// The CUDA stream NCCL runs on.
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
+    /// The GPU this rank uses: `local_rank % visible GPUs`.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
     }
 
     /// The MPI control-plane communicator.
@@ -166,34 +167,88 @@ impl Nccl {
         &self.mpi
     }
 
-    /// In-place sum of a device buffer over all ranks (no host staging); synchronises.
-    pub fn all_reduce_sum_device_f32(&self, buf: &mut CudaSlice<f32>) -> Result<()> {
-        let collective = "all_reduce_sum_device_f32";
-        let _armed = self.mpi.guard(collective);
-        self.comm
-            .all_reduce_in_place(buf, &ReduceOp::Sum)
-            .map_err(|e| self.failed(collective, explain_nccl(&e)))?;
-        self.stream
-            .synchronize()
-            .map_err(|e| self.failed(collective, explain_cuda(&e)))
+    /// NCCL's version as `major.minor.patch` (e.g. `2.27.3`), from the loaded library.
+    pub fn nccl_version() -> Result<String> {
+        let code = catch_unwind(cudarc::nccl::result::get_nccl_version)
+            .map_err(|_| init_error("cannot load NCCL (libnccl.so.2)".to_owned()))?
+            .map_err(|e| init_error(explain_nccl(&e)))?;
+        // NCCL >= 2.9 encodes major * 10000 + minor * 100 + patch.
+        Ok(format!(
+            "{}.{}.{}",
+            code / 10000,
+            (code % 10000) / 100,
+            code % 100
+        ))
     }
 
-    fn all_reduce_host<T: DeviceRepr + NcclType>(
-        &self,
-        collective: &'static str,
-        buf: &mut [T],
-    ) -> Result<()> {
-        if buf.is_empty() {
-            return Ok(());
+    /// The communicator, joined on `stream` the first time (a collective call: every rank
+    /// gets here at the same point). Refuses a stream of another GPU, and a second stream:
+    /// NCCL's kernels are ordered with the model's only on the stream it was joined on.
+    fn comm_on(&self, collective: &'static str, stream: &Arc<CudaStream>) -> Result<&Comm> {
+        if stream.context().ordinal() != self.ordinal {
+            return Err(Error::InvalidArgument {
+                collective,
+                rank: self.mpi.rank(),
+                reason: format!(
+                    "buffer on cuda:{} but this rank's GPU is cuda:{}",
+                    stream.context().ordinal(),
+                    self.ordinal
+                ),
+            });
         }
+        if self.comm.get().is_none() {
+            let comm = Comm::from_rank(
+                Arc::clone(stream),
+                self.mpi.rank(),
+                self.mpi.world_size(),
+                Id::uninit(self.id),
+            )
+            .map_err(|e| self.failed(collective, explain_nccl(&e)))?;
+            // Single-threaded use: nobody can have set it in between.
+            let _ = self.comm.set(comm);
+        }
+        let comm = self
+            .comm
+            .get()
+            .ok_or_else(|| self.failed(collective, "NCCL communicator missing".to_owned()))?;
+        if comm.stream().cu_stream() != stream.cu_stream() {
+            return Err(Error::InvalidArgument {
+                collective,
+                rank: self.mpi.rank(),
+                reason: "buffer on another CUDA stream than the one NCCL joined on (one \
+                         candle device per rank)"
+                    .to_owned(),
+            });
+        }
+        Ok(comm)
+    }
+
+    /// Sum over all ranks of the device buffer `send` (`len` elements from its start, all of
+    /// it when `None`), into a new buffer on the same stream; NCCL runs on `stream`, which
+    /// must be the stream that owns `send` (candle's device stream). Synchronises the stream,
+    /// so that a hung peer trips the collective watchdog here rather than at a later copy.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a buffer on another GPU or stream, [`Error::Collective`]
+    /// when CUDA or NCCL fails (with a hint).
+    pub fn all_reduce_sum_slice<
+        T: NcclType + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits,
+    >(
+        &self,
+        stream: &Arc<CudaStream>,
+        send: &impl DevicePtr<T>,
+    ) -> Result<CudaSlice<T>> {
+        let collective = "all_reduce_sum_tensor";
+        let comm = self.comm_on(collective, stream)?;
         let _armed = self.mpi.guard(collective);
         let cuda = |e: DriverError| self.failed(collective, explain_cuda(&e));
-        let mut device = self.stream.clone_htod(buf).map_err(cuda)?;
-        self.comm
-            .all_reduce_in_place(&mut device, &ReduceOp::Sum)
-            .map_err(|e| self.failed(collective, explain_nccl(&e)))?;
-        self.stream.memcpy_dtoh(&device, buf).map_err(cuda)?;
-        self.stream.synchronize().map_err(cuda)
+        let mut recv = stream.alloc_zeros::<T>(send.len()).map_err(cuda)?;
+        if send.len() > 0 {
+            comm.all_reduce(send, &mut recv, &ReduceOp::Sum)
+                .map_err(|e| self.failed(collective, explain_nccl(&e)))?;
+        }
+        stream.synchronize().map_err(cuda)?;
+        Ok(recv)
     }
 
     fn failed(&self, collective: &'static str, reason: String) -> Error {
@@ -235,34 +290,22 @@ impl Communicator for Nccl {
         self.mpi.step()
     }
     fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
-        self.all_reduce_host("all_reduce_sum_f32", buf)
+        self.mpi.all_reduce_sum_f32(buf)
     }
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
-        self.all_reduce_host("all_reduce_sum_f64", buf)
+        self.mpi.all_reduce_sum_f64(buf)
+    }
+    #[cfg(feature = "candle-cuda")]
+    fn all_reduce_sum_tensor(&self, buf: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+        crate::nccl_tensor::all_reduce_sum_tensor(self, buf)
     }
     fn broadcast_bytes(&self, buf: &mut Vec<u8>, root: usize) -> Result<()> {
-        // Control-plane data: small, variable length, stays on MPI.
         self.mpi.broadcast_bytes(buf, root)
     }
     fn broadcast_f64(&self, buf: &mut [f64], root: usize) -> Result<()> {
-        let collective = "broadcast_f64";
-        check_root(collective, root, self.rank(), self.world_size())?;
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let _armed = self.mpi.guard(collective);
-        let cuda = |e: DriverError| self.failed(collective, explain_cuda(&e));
-        let mut device = self.stream.clone_htod(buf).map_err(cuda)?;
-        self.comm
-            .broadcast_in_place(&mut device, root as i32)
-            .map_err(|e| self.failed(collective, explain_nccl(&e)))?;
-        self.stream.memcpy_dtoh(&device, buf).map_err(cuda)?;
-        self.stream.synchronize().map_err(cuda)
+        self.mpi.broadcast_f64(buf, root)
     }
     fn barrier(&self) -> Result<()> {
-        self.stream
-            .synchronize()
-            .map_err(|e| self.failed("barrier", explain_cuda(&e)))?;
         self.mpi.barrier()
     }
     fn abort(&self, code: i32) -> ! {

@@ -237,7 +237,14 @@ mod with_mpi {
             "{}",
             run.text()
         );
-        assert_eq!(run.stdout.matches(": ok").count(), 3, "{}", run.text());
+        assert_eq!(run.stdout.matches(": ok").count(), 4, "{}", run.text());
+        assert!(
+            run.stdout.contains(
+                "bucketed all_reduce of f32/bf16/f64 device tensors (exact integers): ok"
+            ),
+            "{}",
+            run.text()
+        );
         // 1 KiB .. 1 MiB doubling: 11 rows.
         let rows = run
             .stdout

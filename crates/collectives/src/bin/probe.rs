@@ -187,8 +187,80 @@ fn tensors(comm: &dyn Communicator) -> Outcome {
     all_reduce_map(comm, &mut map, &mean).map_err(|e| e.to_string())?;
     // bf16 keeps 8 significant bits: compare relative to the magnitude (< 64 here).
     check_tensors(&map, n, 1.0 / n as f64, 0.25)?;
+    tensor_path_equals_host_path(comm)?;
     println!("rank {r}/{n}: tensors ok");
     Ok(())
+}
+
+/// The bucketed all-reduce (through `all_reduce_sum_tensor`, 1 KiB buckets that tensors span)
+/// equals the host path (`all_reduce_sum_f32` of each tensor's values, one call per tensor),
+/// bit for bit, on non-integer values whose sums are exact in any order (multiples of 2^-8);
+/// and `all_reduce_sum_tensor` of a transposed (non-contiguous) f32 tensor and of an f64
+/// tensor equals the host path too.
+fn tensor_path_equals_host_path(comm: &dyn Communicator) -> Outcome {
+    let r = comm.rank();
+    let err = |e: candle_core::Error| e.to_string();
+    let values = |k: usize, len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|i| ((r * 131 + k * 7 + i * 17) % 997) as f32 / 256.0 - 1.5)
+            .collect()
+    };
+    let mut named = Vec::new();
+    let mut host = Vec::new();
+    for (k, (name, shape)) in SHAPES.iter().enumerate() {
+        let len: usize = shape.iter().product();
+        let v = values(k, len);
+        named.push((
+            (*name).to_owned(),
+            Tensor::from_vec(v.clone(), *shape, &Device::Cpu).map_err(err)?,
+        ));
+        host.push(((*name).to_owned(), v));
+    }
+    let options = BucketOptions {
+        bucket_bytes: 1024,
+        average: false,
+        check_layout: true,
+    };
+    collectives::all_reduce_named(comm, &mut named, &options).map_err(|e| e.to_string())?;
+    for ((name, t), (_, want)) in named.iter().zip(host.iter_mut()) {
+        comm.all_reduce_sum_f32(want).map_err(|e| e.to_string())?;
+        let got = t
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(err)?;
+        ensure(got == *want, || {
+            format!("`{name}`: bucketed {got:?} != host {want:?}")
+        })?;
+    }
+    let m = Tensor::from_vec(values(99, 12), (3, 4), &Device::Cpu)
+        .and_then(|t| t.t())
+        .map_err(err)?;
+    let got = comm.all_reduce_sum_tensor(&m).map_err(|e| e.to_string())?;
+    let mut want = m
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(err)?;
+    comm.all_reduce_sum_f32(&mut want)
+        .map_err(|e| e.to_string())?;
+    ensure(got.dims() == [4, 3], || {
+        format!("transposed: shape {:?}", got.dims())
+    })?;
+    let got = got
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(err)?;
+    ensure(got == want, || format!("transposed: {got:?} != {want:?}"))?;
+    let d: Vec<f64> = values(7, 5)
+        .into_iter()
+        .map(|x| f64::from(x) / 3.0)
+        .collect();
+    let t = Tensor::from_vec(d.clone(), 5, &Device::Cpu).map_err(err)?;
+    let got = comm.all_reduce_sum_tensor(&t).map_err(|e| e.to_string())?;
+    let mut want = d;
+    comm.all_reduce_sum_f64(&mut want)
+        .map_err(|e| e.to_string())?;
+    let got = got.to_vec1::<f64>().map_err(err)?;
+    ensure(got == want, || format!("f64: {got:?} != {want:?}"))
 }
 
 fn mismatch(comm: &dyn Communicator) -> Outcome {
@@ -236,6 +308,7 @@ fn run_doctor(comm: &dyn Communicator, max_bytes: usize) -> Result<bool, String>
         min_bytes: 1024,
         max_bytes,
         threads: launch::default_threads(comm),
+        ..doctor::DoctorOptions::default()
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
