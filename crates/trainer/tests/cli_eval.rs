@@ -450,3 +450,66 @@ fn eval_under_mpirun_equals_one_process() {
         assert!(rel_close(a.2, b.2, 1e-9), "{}: {} vs {}", a.0, a.2, b.2);
     }
 }
+
+/// `coba-dist parity --device cpu`: both sides on the CPU agree exactly (logits, gradients,
+/// f32 NLL), the NLL over every validation batch equals the library's per-sample NLL of both
+/// tasks, and bf16 moves it by more than 0 and less than 1%.
+#[test]
+fn parity_on_the_cpu_is_exact_and_its_nll_matches_the_library() {
+    let fx = Fixture::new();
+    let config = fx.root.join("parity.toml");
+    let toml = format!(
+        "output_dir = {out:?}\n[model]\ntokenizer = {tok:?}\n[model.arch]\nhidden_size = 16\n\
+         num_hidden_layers = 1\nnum_attention_heads = 2\n[data]\ntasks = [\n\
+         {{ name = \"a\", paths = [{a:?}] }},\n{{ name = \"b\", paths = [{b:?}] }},\n]\n\
+         max_seq_len = 256\ncache_dir = {cache:?}\n",
+        out = fx.path("runs"),
+        tok = tokenizer_path().display().to_string(),
+        a = fx.path("a.jsonl"),
+        b = fx.path("b.jsonl"),
+        cache = fx.path("cache"),
+    );
+    std::fs::write(&config, toml).unwrap();
+    let hf = fx.path("hf");
+    let out = coba_dist(&[
+        "parity",
+        "--config",
+        &config.display().to_string(),
+        "--model",
+        &hf,
+        "--device",
+        "cpu",
+        "--batches",
+        "100",
+        "--micro-batch",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let r: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{}", text(&out)));
+    assert_eq!(r["device"], "cpu");
+    assert_eq!(r["tf32"], false);
+    assert_eq!(r["logits_max_abs_diff"].as_f64(), Some(0.0), "{r}");
+    assert_eq!(r["grad_max_rel_diff"].as_f64(), Some(0.0), "{r}");
+    assert!(r["logits_max_abs"].as_f64().unwrap() > 0.0, "{r}");
+    let (cpu, dev) = (
+        r["nll_cpu_f32"].as_f64().unwrap(),
+        r["nll_device_f32"].as_f64().unwrap(),
+    );
+    assert_eq!(cpu, dev);
+    // Every validation sample of both tasks: 3 of a, 2 of b, in 2-row micro-batches.
+    let (nll_a, tok_a) = expected(&fx.model, TASK_A, "valid");
+    let (nll_b, tok_b) = expected(&fx.model, TASK_B, "valid");
+    let tokens = tok_a + tok_b;
+    let want = (nll_a * tok_a as f64 + nll_b * tok_b as f64) / tokens as f64;
+    assert_eq!(r["scored_tokens"].as_u64(), Some(tokens), "{r}");
+    assert_eq!(r["batches"].as_u64(), Some(3), "{r}");
+    assert!(
+        rel_close(cpu, want, 1e-6),
+        "parity NLL {cpu} vs library {want}"
+    );
+    let bf16 = r["nll_bf16_rel_diff"].as_f64().unwrap();
+    assert!(bf16 > 0.0 && bf16 < 0.01, "{r}");
+    let want_bf16 = (r["nll_device_bf16"].as_f64().unwrap() - dev).abs() / dev;
+    assert!(rel_close(bf16, want_bf16, 1e-12), "{r}");
+}

@@ -3,6 +3,8 @@
 //! `mpirun -n 4 coba-dist doctor`. Exit status 0 only if every check passed on every rank.
 
 use super::ExitError;
+use crate::train::config::DeviceChoice;
+use crate::train::device::{gpu_environment, select};
 use anyhow::anyhow;
 use clap::Args;
 use collectives::{doctor, exit_on_error, BackendChoice, InitOptions};
@@ -20,6 +22,10 @@ pub struct DoctorArgs {
     /// Largest all-reduce payload of the bandwidth table, in bytes (256 MiB).
     #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
     max_bytes: usize,
+    /// Device of the bucketed device check and the bandwidth table: auto (this rank's GPU
+    /// in a CUDA build with one visible, else the CPU), cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
     /// Seconds one collective may take before the job is aborted (0: never).
     #[arg(long, value_name = "S", default_value_t = collectives::DEFAULT_COLLECTIVE_TIMEOUT_S)]
     collective_timeout_s: u64,
@@ -36,14 +42,17 @@ pub fn run(args: &DoctorArgs) -> Result<(), ExitError> {
         error: e.into(),
     })?;
     let comm: &dyn collectives::Communicator = &*comm;
+    // A rank that fails here must take the job down, or its peers wait forever.
+    let (device, _) = exit_on_error(comm, select(args.device, comm.local_rank()));
     let options = doctor::DoctorOptions {
         min_bytes: args.min_bytes,
         max_bytes: args.max_bytes,
         threads: collectives::launch::default_threads(comm),
+        environment: gpu_environment(&device).into_iter().collect(),
+        device,
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    // A rank that fails here must take the job down, or its peers wait forever.
     let report = exit_on_error(comm, doctor::run(comm, &options, &mut out));
     let _ = out.flush();
     if report.passed() {

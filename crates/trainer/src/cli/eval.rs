@@ -75,6 +75,8 @@ pub struct EvalArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub(super) json: bool,
+    #[command(flatten)]
+    pub(super) device: model_path::DeviceArgs,
     /// Functional metrics instead of NLL: `pass@1` (run each generated program against its
     /// unit tests: HumanEval-X, MBPP), `accuracy` (GSM8K final answer), or both
     /// (`pass@1,accuracy`), on the test split's problems of the eval bundle (--eval-data).
@@ -228,7 +230,8 @@ pub fn run(args: &EvalArgs) -> Result<(), ExitError> {
     // an empty one is an error naming the task, the split and what was dropped.
     let ds = ::data::dataset::load_with(&cfg, &enc, ::data::dataset::Needs::Split(split))
         .map_err(bad_input)?;
-    let model = model_path::load(&model_arg, args.base.as_deref())?;
+    let (device, _, dtype) = args.device.select(comm.local_rank())?;
+    let model = model_path::load(&model_arg, args.base.as_deref(), dtype, &device)?;
     check_vocab(&ds, split, &model, &tokenizer, &model_arg)?;
 
     let local = evaluate_rank(&model, &ds, split, comm, args.micro_batch);

@@ -411,7 +411,8 @@ fn generate_all(
         error: e.into(),
     })?;
     let comm: &dyn Communicator = &*comm;
-    let model = model_path::load(model_arg, args.base.as_deref())?;
+    let (device, _, dtype) = args.device.select(comm.local_rank())?;
+    let model = model_path::load(model_arg, args.base.as_deref(), dtype, &device)?;
     let refs: Vec<&Problem> = plan.problems.iter().collect();
     tracing::info!(
         "generating {} completions on {} rank(s), at most {} tokens each",

@@ -56,6 +56,8 @@ pub struct GenerateArgs {
     /// Tokenize the prompt as is, without the template's markers.
     #[arg(long)]
     raw: bool,
+    #[command(flatten)]
+    device: super::model_path::DeviceArgs,
 }
 
 /// Generates and prints the completion (special tokens removed, then a newline). Generation
@@ -102,7 +104,8 @@ pub fn run(args: &GenerateArgs) -> Result<(), ExitError> {
     ));
     stop.dedup();
 
-    let model = model_path::load(&args.model, args.base.as_deref())?;
+    let (device, _, dtype) = args.device.select(0)?;
+    let model = model_path::load(&args.model, args.base.as_deref(), dtype, &device)?;
     let vocab = model.vocab_size();
     if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
         return Err(bad_input(anyhow!(

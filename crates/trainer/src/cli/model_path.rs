@@ -3,6 +3,8 @@
 //! training checkpoint directories (the HF model in `model/`, LoRA adapters in `adapter/`).
 
 use super::ExitError;
+use crate::train::config::{DeviceChoice, TrainDtype};
+use crate::train::device::select;
 use ::data::config::{TemplateConfig, TemplatePreset};
 use anyhow::{anyhow, Context};
 use candle_core::{DType, Device};
@@ -117,18 +119,48 @@ pub fn template_for(model: &Path, preset: Option<&str>) -> anyhow::Result<Templa
     })
 }
 
-/// Loads the model of `--model PATH` (see [`resolve`]) as f32 on the CPU; `base` replaces
-/// the base a LoRA adapter directory names.
+/// Where a command runs its model (`eval`, `generate`): `--device` and `--dtype`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeviceArgs {
+    /// Device: auto (a GPU in a CUDA build with one visible, else the CPU), cpu, or cuda
+    /// (GPU `local_rank % visible GPUs` under a launcher).
+    #[arg(long, value_name = "D", default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Parameter and activation dtype: auto (bf16 on a GPU, f32 on the CPU), f32 or bf16.
+    /// Losses, log-softmax and norms are computed in f32 either way.
+    #[arg(long, value_name = "T", default_value = "auto")]
+    pub dtype: TrainDtype,
+}
+
+impl DeviceArgs {
+    /// The device for the rank with `local_rank` on its host, its name and the dtype.
+    ///
+    /// # Errors
+    /// Exit code 2 for `cuda` in a CPU build or without a visible GPU.
+    pub fn select(&self, local_rank: usize) -> Result<(Device, String, DType), ExitError> {
+        let (device, name) = select(self.device, local_rank).map_err(bad_input)?;
+        let dtype = self.dtype.resolve(!device.is_cpu());
+        Ok((device, name, dtype))
+    }
+}
+
+/// Loads the model of `--model PATH` (see [`resolve`]) in `dtype` on `device`; `base`
+/// replaces the base a LoRA adapter directory names.
 ///
 /// # Errors
 /// Exit code 2 for a missing path or an unreadable, malformed or inconsistent checkpoint, or
 /// `--base` with a model that is not an adapter directory; the message names the file.
-pub fn load(path: &Path, base: Option<&Path>) -> Result<Model, ExitError> {
+pub fn load(
+    path: &Path,
+    base: Option<&Path>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Model, ExitError> {
     let dir = resolve(path).map_err(bad_input)?;
     let loaded = match base {
-        None => load_model(&dir, DType::F32, &Device::Cpu),
+        None => load_model(&dir, dtype, device),
         Some(b) if dir.join(model::checkpoint::ADAPTER_CONFIG).is_file() => {
-            model::checkpoint::load_with_adapter(Some(b), &dir, DType::F32, &Device::Cpu)
+            model::checkpoint::load_with_adapter(Some(b), &dir, dtype, device)
         }
         Some(_) => {
             return Err(bad_input(anyhow!(

@@ -36,14 +36,50 @@ pub fn visible_gpus() -> usize {
     }
 }
 
+/// One line on the GPU stack of `device`, for `doctor` and the device check: the GPU's name,
+/// the CUDA version its driver supports and the NCCL library's version; `None` on the CPU.
+pub fn gpu_environment(device: &Device) -> Option<String> {
+    let candle_core::DeviceLocation::Cuda { gpu_id } = device.location() else {
+        return None;
+    };
+    let nccl = collectives::nccl_version().unwrap_or_else(|why| format!("none ({why})"));
+    Some(format!(
+        "gpu: cuda:{gpu_id} {}; NCCL {nccl}",
+        cuda_details(gpu_id)
+    ))
+}
+
+/// The GPU's name and the driver's CUDA version, e.g. `NVIDIA H200, driver CUDA 13.0`.
+#[cfg(feature = "cuda")]
+fn cuda_details(ordinal: usize) -> String {
+    use candle_core::cuda_backend::cudarc::driver::{sys, CudaContext};
+    let name = CudaContext::new(ordinal)
+        .and_then(|ctx| ctx.name())
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    let mut version: std::os::raw::c_int = 0;
+    // SAFETY: cuDriverGetVersion only writes one int through the valid pointer given.
+    let status = unsafe { sys::cuDriverGetVersion(&mut version) };
+    let driver = if status == sys::CUresult::CUDA_SUCCESS {
+        format!("{}.{}", version / 1000, (version % 1000) / 10)
+    } else {
+        format!("unknown ({status:?})")
+    };
+    format!("{name}, driver CUDA {driver}")
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_details(_ordinal: usize) -> String {
+    "(CPU build)".to_owned()
+}
+
 #[cfg(feature = "cuda")]
 fn cuda(local_rank: usize) -> Result<(Device, String)> {
     use anyhow::Context;
     let count = visible_gpus();
     if count == 0 {
         bail!(
-            "runtime.device = \"cuda\": no GPU visible (CUDA_VISIBLE_DEVICES={}; is the NVIDIA \
-             driver loaded?)",
+            "runtime.device (or --device) = \"cuda\": no GPU visible (CUDA_VISIBLE_DEVICES={}; \
+             is the NVIDIA driver loaded?)",
             std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "<unset>".into())
         );
     }
@@ -56,8 +92,8 @@ fn cuda(local_rank: usize) -> Result<(Device, String)> {
 #[cfg(not(feature = "cuda"))]
 fn cuda(_local_rank: usize) -> Result<(Device, String)> {
     bail!(
-        "runtime.device = \"cuda\": this binary was built without CUDA; build one with \
-         scripts/build-cuda.sh (README, \"GPU\"), or set runtime.device = \"cpu\""
+        "runtime.device (or --device) = \"cuda\": this binary was built without CUDA; build one \
+         with scripts/build-cuda.sh (README, \"GPU\"), or use the CPU (\"cpu\")"
     )
 }
 

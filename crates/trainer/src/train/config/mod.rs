@@ -249,6 +249,21 @@ pub enum TrainDtype {
     Bf16,
 }
 
+impl std::str::FromStr for TrainDtype {
+    type Err = String;
+    /// `auto`, `f32` or `bf16` (as in the config file), for command-line flags.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!(
+                "unknown dtype `{other}` (expected auto, f32 or bf16)"
+            )),
+        }
+    }
+}
+
 impl TrainDtype {
     /// The candle dtype on a CPU (`gpu = false`) or GPU device.
     pub fn resolve(self, gpu: bool) -> candle_core::DType {
@@ -348,6 +363,21 @@ pub enum DeviceChoice {
     Cpu,
     /// GPU `local_rank % visible GPUs` (a CUDA build).
     Cuda,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    /// `auto`, `cpu` or `cuda` (as in the config file), for command-line flags.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(format!(
+                "unknown device `{other}` (expected auto, cpu or cuda)"
+            )),
+        }
+    }
 }
 
 /// Fault injection: a NaN loss for one task at one step.
