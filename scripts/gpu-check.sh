@@ -2,30 +2,41 @@
 # The device check: one command on a machine with one GPU that writes a markdown table and JSON
 # into OUT (report.md, report.json, and each run's output directory).
 #
-#   scripts/gpu-check.sh OUT [--device cuda|cpu] [--binary PATH] [--steps N]
+#   scripts/gpu-check.sh OUT [--device cuda|cpu] [--binary PATH] [--steps N] [--smollm2 GGUF]
+#                            [--no-bench]
 #
 # --device D    the device under test (default cuda); `--device cpu` is the dry run CI executes
 #               (every "device" run on the CPU: the comparisons must then hold exactly).
 # --binary B    the coba-dist binary (default target/cuda/dist/coba-dist for cuda,
 #               target/release/coba-dist for cpu).
 # --steps N     training steps of each run (default 50; even, >= 4).
+# --smollm2 F   also compare SmolLM2-135M (the GGUF F) on the device with the CPU.
+# --no-bench    skip the step benchmark (scripts/bench-gpu.sh).
 #
 # Checks, on the demo configuration (random-init ~7M Llama, the six shipped tasks, seed 42):
 #   env        the binary's libraries resolve; GPU, driver and NCCL found (nvidia-smi)
 #   f32        N steps f32 on the device vs on the CPU: every step's loss within 1e-3 relative
 #   bf16       N steps bf16 on the device: no NaN, every task's final validation ratio < 1
+#   doctor     collectives on the device (NCCL, world of 1, when the binary has it): the
+#              bucketed all-reduce of f32/bf16/f64 device tensors, GPU/driver/NCCL versions
+#   parity     the f32 CPU run's best model on the device vs the CPU: logits max |diff|
+#              <= 1e-3, gradients <= 1e-4 relative per parameter, bf16 NLL within 1% of f32
+#              (`coba-dist parity`; exact equality on the CPU)
 #   resume     f32 on the device, constant LR: N/2 steps, then --resume to N == N straight
 #              (max loss difference reported; 0 expected on the CPU)
+#   bench      our step next to PyTorch eager, same GPU/shape/batch/dtype (bench/bench.md)
 # Run from the repository root (the demo's data paths are relative). Needs python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
-out="" device=cuda binary="" steps=50
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
+out="" device=cuda binary="" steps=50 smollm2="" bench=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --device) device="${2:-}"; shift 2 ;;
         --binary) binary="${2:-}"; shift 2 ;;
         --steps) steps="${2:-}"; shift 2 ;;
+        --smollm2) smollm2="${2:-}"; shift 2 ;;
+        --no-bench) bench=0; shift ;;
         -h|--help) usage; exit 0 ;;
         -*) echo "gpu-check.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
         *) out="$1"; shift ;;
@@ -131,6 +142,63 @@ else
     record bf16 fail "the run failed (bf16-device.log)"
 fi
 
+# doctor: the collectives on the device, world of 1: NCCL when the binary has it (the bucketed
+# all-reduce of f32/bf16/f64 device tensors must give the input back), else the local backend.
+backend=local
+if [[ "$device" == cuda ]] && ldd "$binary" 2>/dev/null | grep -q libnccl; then backend=nccl; fi
+doctor_env=()
+[[ "$backend" == nccl ]] && doctor_env=(env OMPI_MCA_plm=isolated OMPI_ALLOW_RUN_AS_ROOT=1
+    OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)
+if "${doctor_env[@]}" "$binary" doctor --backend "$backend" --device "$device" \
+    --max-bytes $((64 << 20)) >"$out/doctor.log" 2>&1; then
+    record doctor pass "$backend on $device: $(grep -c ': ok' "$out/doctor.log") checks ok; \
+$(grep -m1 '^gpu:' "$out/doctor.log" || echo "no GPU line"); 64 MiB busbw \
+$(awk '$1 == 67108864 {print $4 " GB/s"}' "$out/doctor.log")"
+else
+    record doctor fail "$backend on $device (doctor.log)"
+fi
+
+# parity: the f32 CPU run's best model on the device vs the CPU: logits (max abs difference
+# <= 1e-3), gradients (relative L2 per parameter <= 1e-4), bf16 NLL within 1% of f32.
+# The same for SmolLM2-135M when --smollm2 GGUF is given (no gradients: a CPU backward of it
+# is slow).
+parity() { # name model extra-args...
+    local name=$1 model=$2
+    shift 2
+    if "$binary" parity --config configs/demo.toml --model "$model" --device "$device" "$@" \
+        >"$out/$name.json" 2>"$out/$name.log"; then
+        local verdict
+        verdict=$("$py" - "$out/$name.json" "$device" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+exact = sys.argv[2] == "cpu"
+ok = r["logits_max_abs_diff"] <= (0.0 if exact else 1e-3) and not r["tf32"]
+g = r["grad_max_rel_diff"]
+ok = ok and (g is None or g <= (0.0 if exact else 1e-4))
+ok = ok and r["nll_bf16_rel_diff"] <= 0.01
+grads = "skipped" if g is None else f"{g:.2e} ({r['grad_worst_parameter']})"
+print(("pass" if ok else "fail") + f" logits max |diff| {r['logits_max_abs_diff']:.2e} "
+      f"(max |logit| {r['logits_max_abs']:.1f}); grads max rel {grads}; NLL f32 "
+      f"{r['nll_device_f32']:.4f} bf16 {r['nll_device_bf16']:.4f} "
+      f"({100 * r['nll_bf16_rel_diff']:.2f}%); {r['scored_tokens']} tokens")
+PY
+)
+        record "$name" "${verdict%% *}" "${verdict#* }"
+    else
+        record "$name" fail "parity failed ($name.log)"
+    fi
+}
+if [[ -d "$out/f32-cpu/best" ]]; then
+    parity parity "$out/f32-cpu/best"
+else
+    record parity fail "no model from the f32-cpu run"
+fi
+if [[ -n "$smollm2" ]]; then
+    parity parity-smollm2 "$smollm2" --no-grads \
+        --set 'model.tokenizer="data/tokenizers/smollm2/tokenizer.json"' \
+        --set data.max_seq_len=512
+fi
+
 # resume: N/2 + N/2 == N on the device (constant LR, so the resumed run may extend max_steps).
 half=$((steps / 2))
 if run straight "$device" f32 "$steps" --set 'train.lr_schedule="constant"' &&
@@ -146,6 +214,20 @@ if run straight "$device" f32 "$steps" --set 'train.lr_schedule="constant"' &&
     fi
 else
     record resume fail "a run failed (straight.log, resumed.log, resumed-2.log)"
+fi
+
+# bench: our training step next to PyTorch eager on the same GPU (scripts/bench-gpu.sh: SmolLM2-135M
+# and ~1B Llama shapes, seq 2048, bf16, the largest micro-batch both fit); a tiny shape on the CPU.
+if (( bench )); then
+    bench_args=(--binary "$binary" --device "$device")
+    [[ "$device" == cpu ]] && bench_args+=(--shapes tiny --seq 64 --steps 1)
+    if scripts/bench-gpu.sh "$out/bench" "${bench_args[@]}" >"$out/bench.log" 2>&1; then
+        summary=$(grep '^| ' "$out/bench/bench.md" | tail -n +3 |
+            awk -F'|' '{printf "%s: %s vs %s tok/s, MFU %s; ", $2, $5, $6, $8}')
+        record bench pass "${summary% ; } (bench/bench.md)"
+    else
+        record bench fail "bench-gpu.sh failed (bench.log)"
+    fi
 fi
 
 "$py" - "$results" "$out" "$device" "$steps" <<'PY'

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod alloc;
+pub mod bench_step;
 pub mod cli;
 pub mod functional;
 pub mod metrics;

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod bench_step;
 mod compare;
 mod data;
 mod doctor;
@@ -11,6 +12,7 @@ mod eval_exec;
 mod generate;
 mod merge;
 mod model_path;
+mod parity;
 mod plot;
 mod replay;
 pub mod train;
@@ -60,6 +62,12 @@ enum Command {
     /// Merge LoRA adapters (a PEFT directory, e.g. a LoRA run's best/) into their base model
     /// and write a full HF model.
     Merge(merge::MergeArgs),
+    /// Time one training step of a random Llama (forward, backward, AdamW) on a fixed batch:
+    /// tokens/s, GFLOP/s, MFU, memory (`bench-step --help` lists the flags).
+    BenchStep(bench_step::BenchStepArgs),
+    /// Compare a model on a device (GPU) with the CPU: logits, gradients, bf16 NLL (JSON; the
+    /// device check scripts/gpu-check.sh judges it).
+    Parity(parity::ParityArgs),
 }
 
 /// An error that maps to a specific exit code (2 = bad input, as the CLI contract says).
@@ -95,6 +103,8 @@ fn run_command(command: Command) -> Result<(), ExitError> {
         Command::Generate(args) => generate::run(&args),
         Command::Plot(args) => plot::run(&args),
         Command::Merge(args) => merge::run(&args),
+        Command::Parity(args) => parity::run(&args),
+        Command::BenchStep(args) => bench_step::run(&args),
     }
 }
 
