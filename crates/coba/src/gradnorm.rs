@@ -29,12 +29,20 @@ const ADAM_EPS: f64 = 1e-8;
 /// first probe. The losses are the probe's (GradNorm* with validation losses) or the step's
 /// training losses (GradNorm, `signal = "train"`); the norms always come from the training
 /// batch.
+///
+/// A task absent from the step's batch has no gradient (`G_i = 0`): the means (`mean_j w_j
+/// G_j` and the `r_i` normalisation) run over the tasks present, and an absent task's weight
+/// and Adam moments do not move (its Adam bias correction counts its own updates) until the
+/// renormalisation. The paper's setting has every task in every batch, where this is the rule
+/// as written; counting absent tasks as zeros instead would lower the mean norm until every
+/// present task's weight falls at every probe, whatever the losses say.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GradNorm {
     w: Vec<f64>,
     adam_m: Vec<f64>,
     adam_v: Vec<f64>,
-    adam_t: u32,
+    /// Adam updates per task (the bias correction's t).
+    adam_t: Vec<u32>,
 }
 
 impl GradNorm {
@@ -45,7 +53,7 @@ impl GradNorm {
             w: vec![1.0; num_tasks],
             adam_m: vec![0.0; num_tasks],
             adam_v: vec![0.0; num_tasks],
-            adam_t: 0,
+            adam_t: vec![0; num_tasks],
         })
     }
 }
@@ -95,22 +103,19 @@ impl TaskWeighter for GradNorm {
                 })
             })
             .collect::<Result<_, _>>()?;
-        let gw: Vec<f64> = self.w.iter().zip(g).map(|(w, g)| w * g).collect();
-        let gbar = gw.iter().sum::<f64>() / k as f64;
-        let mean_ratio = ratios.iter().sum::<f64>() / k as f64;
-        let grad: Vec<f64> = gw
-            .iter()
-            .zip(&ratios)
-            .zip(g)
-            .map(|((gw, r), g)| {
-                let target = gbar * (r / mean_ratio).powf(GRADNORM_ALPHA);
-                sign(gw - target) * g
-            })
-            .collect();
-        self.adam_t += 1;
-        let t = self.adam_t as i32;
-        let (c1, c2) = (1.0 - ADAM_BETA1.powi(t), 1.0 - ADAM_BETA2.powi(t));
-        for (i, gi) in grad.iter().enumerate() {
+        let present: Vec<usize> = (0..k).filter(|&i| g[i] > 0.0).collect();
+        if present.is_empty() {
+            return Ok(());
+        }
+        let n = present.len() as f64;
+        let gbar = present.iter().map(|&i| self.w[i] * g[i]).sum::<f64>() / n;
+        let mean_ratio = present.iter().map(|&i| ratios[i]).sum::<f64>() / n;
+        for &i in &present {
+            let target = gbar * (ratios[i] / mean_ratio).powf(GRADNORM_ALPHA);
+            let gi = sign(self.w[i] * g[i] - target) * g[i];
+            self.adam_t[i] += 1;
+            let t = self.adam_t[i] as i32;
+            let (c1, c2) = (1.0 - ADAM_BETA1.powi(t), 1.0 - ADAM_BETA2.powi(t));
             self.adam_m[i] = ADAM_BETA1 * self.adam_m[i] + (1.0 - ADAM_BETA1) * gi;
             self.adam_v[i] = ADAM_BETA2 * self.adam_v[i] + (1.0 - ADAM_BETA2) * gi * gi;
             let step =
@@ -124,7 +129,7 @@ impl TaskWeighter for GradNorm {
         Ok(())
     }
     fn compute(&mut self, _step: u64) -> Computed {
-        if self.adam_t == 0 {
+        if self.adam_t.iter().all(|&t| t == 0) {
             return Computed::plain(uniform(self.w.len()));
         }
         let k = self.w.len() as f64;

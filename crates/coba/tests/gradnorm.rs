@@ -87,3 +87,45 @@ fn the_scheduled_weighter_feeds_norms_and_refuses_a_probe_without_them() {
         assert!((a - b).abs() < 1e-9, "{got:?} vs {want:?}");
     }
 }
+
+/// A task absent from the batch (`G_1 = 0`): the means run over tasks 0 and 2, task 1's
+/// weight and Adam state stay put; worked by hand. Probe 1: `mean(w G) = (2 + 1) / 2 = 1.5`,
+/// `mean r = (1.2 + 0.9) / 2 = 1.05`, targets `1.5 (1.2 / 1.05)^1.5 = 1.833 < 2` (w_0 falls)
+/// and `1.5 (0.9 / 1.05)^1.5 = 1.190 > 1` (w_2 rises); a first Adam step moves a weight by
+/// `lr g / (|g| + ε)`.
+#[test]
+fn an_absent_task_neither_moves_nor_drags_the_means() {
+    let lr = coba::GRADNORM_LR;
+    let first_step = |g: f64| lr * g / (g.abs() + 1e-8);
+    let mut rule = GradNorm::new(3).unwrap();
+    let probe = |step, ratios: &[f64; 3], g: &[f64; 3], rule: &mut GradNorm| {
+        let r: Vec<Option<f64>> = ratios.iter().copied().map(Some).collect();
+        rule.observe(&Probe {
+            step,
+            losses: &r,
+            ratios: &r,
+            grad_norms: Some(g),
+        })
+        .unwrap();
+    };
+    probe(5, &[1.2, 0.7, 0.9], &[2.0, 0.0, 1.0], &mut rule);
+    let w = [1.0 - first_step(2.0), 1.0, 1.0 - first_step(-1.0)];
+    let sum: f64 = w.iter().sum();
+    let want: Vec<f64> = w.iter().map(|x| x * 3.0 / sum / 3.0).collect();
+    let got = rule.compute(5).weights;
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-12, "{got:?} vs {want:?}");
+    }
+    assert!(got[0] < got[1] && got[1] < got[2], "{got:?}");
+    // Probe 2: only task 1 present: its target is its own weighted norm (r / mean r = 1), so
+    // the sign is 0 and nothing moves.
+    let before: Vec<f64> = rule.compute(6).weights;
+    probe(10, &[1.0, 0.8, 1.0], &[0.0, 3.0, 0.0], &mut rule);
+    let after = rule.compute(10).weights;
+    for (a, b) in after.iter().zip(&before) {
+        assert!((a - b).abs() < 1e-12, "{after:?} vs {before:?}");
+    }
+    // No task present: no update at all.
+    probe(20, &[0.5, 0.5, 0.5], &[0.0, 0.0, 0.0], &mut rule);
+    assert_eq!(rule.compute(20).weights, after);
+}
