@@ -25,8 +25,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 out="" binary="" python="" device=cuda dtype=bf16 shapes="smollm2,llama1b" seq=2048 steps=5
+die() { echo "bench-gpu.sh: $*" >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
+        --binary|--python|--device|--dtype|--shapes|--seq|--steps)
+            [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value (see --help)" ;;&
         --binary) binary="${2:-}"; shift 2 ;;
         --python) python="${2:-}"; shift 2 ;;
         --device) device="${2:-}"; shift 2 ;;
@@ -42,6 +45,13 @@ done
 if [[ -z "$out" ]]; then echo "bench-gpu.sh: give the output folder" >&2; usage >&2; exit 2; fi
 if [[ "$device" != cuda && "$device" != cpu ]]; then
     echo "bench-gpu.sh: --device is cuda or cpu, got '$device'" >&2; exit 2
+fi
+[[ "$dtype" == bf16 || "$dtype" == f32 ]] || die "--dtype is bf16 or f32, got '$dtype'"
+[[ "$seq" =~ ^[1-9][0-9]*$ ]] || die "--seq takes a positive integer, got '$seq'"
+[[ "$steps" =~ ^[1-9][0-9]*$ ]] || die "--steps takes a positive integer, got '$steps'"
+[[ -n "${shapes//,/}" ]] || die "--shapes names at least one shape (smollm2, llama1b, tiny)"
+if [[ -n "${PEAK_TFLOPS:-}" && ! "$PEAK_TFLOPS" =~ ^[0-9]+([.][0-9]+)?$ ]]; then
+    die "PEAK_TFLOPS takes a number of TFLOP/s, got '$PEAK_TFLOPS'"
 fi
 if [[ -z "$binary" ]]; then
     binary=target/cuda/dist/coba-dist
@@ -69,6 +79,9 @@ if [[ -z "$peak" ]]; then
     esac
 fi
 
+peak_flag=()
+[[ "$peak" != 0 ]] && peak_flag=(--peak-tflops "$peak")
+
 shape_args() { # name -> flags and the micro-batches to try
     case "$1" in
         smollm2) echo "--vocab 49152 --d 576 --layers 30 --heads 9 --kv-heads 3 --ffn 1536 --tie 1|16 8 4 2 1" ;;
@@ -80,16 +93,17 @@ shape_args() { # name -> flags and the micro-batches to try
 
 IFS=',' read -r -a names <<<"$shapes"
 for name in "${names[@]}"; do
-    if ! spec=$(shape_args "$name"); then
-        echo "bench-gpu.sh: unknown shape '$name' (smollm2, llama1b, tiny)" >&2; exit 2
-    fi
+    shape_args "$name" >/dev/null || die "unknown shape '$name' (smollm2, llama1b, tiny)"
+done
+for name in "${names[@]}"; do
+    spec=$(shape_args "$name")
     read -r -a flags <<<"${spec%%|*}"
     common=("${flags[@]}" --seq "$seq" --steps "$steps" --threads "$(nproc)")
     done_shape=0
     for batch in ${spec#*|}; do
         echo "# $name: micro-batch $batch" >&2
         if ! ours=$("$binary" bench-step "${common[@]}" --batch "$batch" --device "$device" \
-            --dtype "$dtype" --peak-tflops "$peak" 2>"$out/$name-$batch-ours.err"); then
+            --dtype "$dtype" "${peak_flag[@]}" 2>"$out/$name-$batch-ours.err"); then
             echo "# $name batch $batch: ours failed ($(tail -1 "$out/$name-$batch-ours.err"))" >&2
             continue
         fi

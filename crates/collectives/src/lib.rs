@@ -126,6 +126,16 @@ pub fn init(options: &InitOptions) -> Result<Box<dyn Communicator>> {
     };
     let comm: Box<dyn Communicator> = match backend {
         BackendChoice::Local | BackendChoice::Auto => match &launch {
+            Some(l) if options.backend == BackendChoice::Local && MPI_COMPILED => {
+                return Err(Error::Init {
+                    backend: "local",
+                    reason: format!(
+                        "{l} started {} processes, but the local backend is a world of one: \
+                         use backend auto or mpi under a launcher",
+                        l.world_size
+                    ),
+                })
+            }
             Some(l) => {
                 return Err(Error::MpiNotCompiled {
                     launcher: l.to_string(),

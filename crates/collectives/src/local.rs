@@ -50,6 +50,19 @@ impl Communicator for Local {
     fn all_reduce_sum_f64(&self, _buf: &mut [f64]) -> Result<()> {
         Ok(())
     }
+    /// The identity, without a copy: the tensor stays where it is (a single-GPU run moves
+    /// no gradient through host memory). Integer dtypes are refused as on every backend.
+    fn all_reduce_sum_tensor(&self, buf: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+        use candle_core::DType;
+        match buf.dtype() {
+            DType::F64 | DType::F32 | DType::BF16 | DType::F16 => Ok(buf.clone()),
+            other => Err(crate::error::Error::InvalidArgument {
+                collective: "all_reduce_sum_tensor",
+                rank: 0,
+                reason: format!("dtype {other:?}; only f16, bf16, f32 and f64 are reduced"),
+            }),
+        }
+    }
     fn broadcast_bytes(&self, _buf: &mut Vec<u8>, root: usize) -> Result<()> {
         check_root("broadcast_bytes", root, 0, 1)
     }
@@ -67,6 +80,22 @@ impl Communicator for Local {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tensor_comes_back_unchanged_and_integers_are_refused() {
+        use candle_core::{DType, Device, Tensor};
+        let c = Local::new();
+        let t = Tensor::from_slice(&[0.5f32, -3.0, 7.25], 3, &Device::Cpu)
+            .and_then(|t| t.to_dtype(DType::BF16))
+            .unwrap();
+        let r = c.all_reduce_sum_tensor(&t).unwrap();
+        assert_eq!(r.dtype(), DType::BF16);
+        let values = |x: &Tensor| x.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(values(&r), [0.5, -3.0, 7.25]);
+        let ids = Tensor::from_slice(&[1u32], 1, &Device::Cpu).unwrap();
+        let e = c.all_reduce_sum_tensor(&ids).unwrap_err().to_string();
+        assert!(e.contains("dtype U32"), "{e}");
+    }
 
     #[test]
     fn world_of_one_keeps_data() {

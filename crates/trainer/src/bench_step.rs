@@ -89,12 +89,23 @@ pub fn usage() -> String {
 /// An unknown flag, a missing or malformed value, a zero size, or `--quant` without `--lora`.
 pub fn parse(args: &[String]) -> Result<Option<StepBench>> {
     let mut b = StepBench::default();
-    let mut it = args.iter().filter(|a| *a != "--bench");
+    // `--key value` or `--key=value`.
+    let mut words: Vec<String> = Vec::new();
+    for a in args.iter().filter(|a| *a != "--bench") {
+        match a.split_once('=') {
+            Some((k, v)) if a.starts_with("--") => words.extend([k.to_owned(), v.to_owned()]),
+            _ => words.push(a.clone()),
+        }
+    }
+    let mut it = words.iter();
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
             return Ok(None);
         }
-        let key = flag.trim_start_matches("--").replace('-', "_");
+        let Some(key) = flag.strip_prefix("--") else {
+            bail!("unexpected argument `{flag}`: flags are --key value (see --help)");
+        };
+        let key = key.replace('-', "_");
         let value = it.next().ok_or_else(|| anyhow!("{flag} needs a value"))?;
         match key.as_str() {
             "quant" => {
@@ -103,7 +114,11 @@ pub fn parse(args: &[String]) -> Result<Option<StepBench>> {
             "device" => b.device = value.parse().map_err(anyhow::Error::msg)?,
             "dtype" => b.dtype = value.parse().map_err(anyhow::Error::msg)?,
             "peak_tflops" => {
-                b.peak_tflops = Some(value.parse().with_context(|| format!("{flag} {value}"))?)
+                let p: f64 = value.parse().with_context(|| format!("{flag} {value}"))?;
+                if !(p.is_finite() && p > 0.0) {
+                    bail!("{flag} takes a positive number of TFLOP/s, got {value}");
+                }
+                b.peak_tflops = Some(p);
             }
             _ => {
                 let Some(slot) = b.sizes.get_mut(key.as_str()) else {
@@ -123,6 +138,20 @@ pub fn parse(args: &[String]) -> Result<Option<StepBench>> {
     }
     if b.quant.is_some() && b.sizes["lora"] == 0 {
         bail!("--quant quantizes LoRA's frozen base: give --lora R too");
+    }
+    let (d, heads, tie) = (b.sizes["d"], b.sizes["heads"], b.sizes["tie"]);
+    let kv = match b.sizes["kv_heads"] {
+        0 => heads,
+        kv => kv,
+    };
+    if d % heads != 0 || (d / heads) % 2 != 0 {
+        bail!("--heads {heads} must divide --d {d} into an even head size (RoPE rotates pairs)");
+    }
+    if heads % kv != 0 {
+        bail!("--kv-heads {kv} must divide --heads {heads}");
+    }
+    if tie > 1 {
+        bail!("--tie is 0 (a separate head) or 1 (tied to the embedding), got {tie}");
     }
     Ok(Some(b))
 }
@@ -145,10 +174,19 @@ pub fn known_peak(gpu_name: &str) -> Option<(f64, &'static str)> {
 /// A bad shape (e.g. heads not dividing d), no GPU for `cuda`, or a tensor failure (an
 /// out-of-memory on the GPU among them).
 pub fn run(b: &StepBench) -> Result<String> {
+    let (device, device_name) = crate::train::device::select(b.device, 0)?;
+    run_on(b, &device, &device_name)
+}
+
+/// [`run`] on a device already selected (`device_name` is printed).
+///
+/// # Errors
+/// As [`run`], without the device selection.
+pub fn run_on(b: &StepBench, device: &Device, device_name: &str) -> Result<String> {
     let o = &b.sizes;
     // candle sizes its CPU thread pools from this variable on first use.
     std::env::set_var("RAYON_NUM_THREADS", o["threads"].to_string());
-    let (device, device_name) = crate::train::device::select(b.device, 0)?;
+    let device = device.clone();
     let dtype = b.dtype.resolve(!device.is_cpu());
     let (v, d, rows, t) = (o["vocab"], o["d"], o["batch"], o["seq"]);
     let cfg = LlamaConfig {
@@ -315,6 +353,24 @@ mod tests {
         assert!(e.contains("--batch must be at least 1"), "{e}");
         let e = parse(&args("--quant q8_0")).unwrap_err().to_string();
         assert!(e.contains("--lora"), "{e}");
+        let b = parse(&args("--steps=3")).unwrap().unwrap();
+        assert_eq!(b.sizes["steps"], 3);
+        for (bad, says) in [
+            ("extra", "unexpected argument `extra`"),
+            ("--d 20 --heads 3", "--heads 3 must divide --d 20"),
+            ("--d 15 --heads 3", "even head size"),
+            (
+                "--heads 4 --kv-heads 3",
+                "--kv-heads 3 must divide --heads 4",
+            ),
+            ("--tie 2", "--tie is 0"),
+            ("--peak-tflops -1", "positive"),
+            ("--peak-tflops NaN", "positive"),
+            ("--peak-tflops inf", "positive"),
+        ] {
+            let e = parse(&args(bad)).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

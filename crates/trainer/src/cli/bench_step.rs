@@ -28,7 +28,10 @@ pub fn run(args: &BenchStepArgs) -> Result<(), ExitError> {
         print!("{}", crate::bench_step::usage());
         return Ok(());
     };
-    let line = crate::bench_step::run(&bench).map_err(|error| ExitError { code: 1, error })?;
+    let (device, name) = crate::train::device::select(bench.device, 0)
+        .map_err(|error| ExitError { code: 2, error })?;
+    let line = crate::bench_step::run_on(&bench, &device, &name)
+        .map_err(|error| ExitError { code: 1, error })?;
     println!("{line}");
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! bandwidth (see `collectives::doctor`). Run it under the same launcher as training, e.g.
 //! `mpirun -n 4 coba-dist doctor`. Exit status 0 only if every check passed on every rank.
 
+use super::model_path::bad_input;
 use super::ExitError;
 use crate::train::config::DeviceChoice;
 use crate::train::device::{gpu_environment, select};
@@ -33,6 +34,19 @@ pub struct DoctorArgs {
 
 /// Runs the doctor on this rank; every rank of the job must run it.
 pub fn run(args: &DoctorArgs) -> Result<(), ExitError> {
+    // Bad input fails here, before any rank starts a collective (exit 2, no MPI abort).
+    const MAX_BYTES: usize = 4 << 30;
+    if args.min_bytes < 4 || args.max_bytes < args.min_bytes || args.max_bytes > MAX_BYTES {
+        return Err(bad_input(anyhow!(
+            "--min-bytes {} / --max-bytes {}: need 4 <= min <= max <= {MAX_BYTES} (4 GiB; \
+             each payload is allocated on every rank)",
+            args.min_bytes,
+            args.max_bytes
+        )));
+    }
+    if args.device == DeviceChoice::Cuda {
+        select(DeviceChoice::Cuda, 0).map_err(bad_input)?;
+    }
     let options = InitOptions {
         backend: args.backend,
         collective_timeout_s: args.collective_timeout_s,

@@ -46,7 +46,9 @@ pub struct ParityArgs {
     /// Validation micro-batches compared.
     #[arg(long, value_name = "N", default_value_t = 2)]
     batches: usize,
-    /// Samples per micro-batch.
+    /// Samples per micro-batch (at most a task's validation samples). The logits of a batch
+    /// are materialised on both sides: rows x max_seq_len x vocab f32 (SmolLM2, 2 x 512:
+    /// 200 MB each).
     #[arg(long, value_name = "N", default_value_t = 2)]
     micro_batch: usize,
     /// Skip the gradient comparison (a large model's CPU backward is slow).
@@ -82,6 +84,14 @@ pub fn run(args: &ParityArgs) -> Result<(), ExitError> {
         return Err(bad_input(anyhow!(
             "--batches and --micro-batch must be >= 1"
         )));
+    }
+    if let Some(launch) = collectives::launch::detect() {
+        if launch.world_size > 1 {
+            return Err(bad_input(anyhow!(
+                "parity compares one process's device with its CPU: run it without a launcher \
+                 ({launch})"
+            )));
+        }
     }
     let train = super::train::load_config(Some(&args.config), &args.set)?;
     let model_arg = args
@@ -137,10 +147,16 @@ pub fn run(args: &ParityArgs) -> Result<(), ExitError> {
     Ok(())
 }
 
-/// The first `n` micro-batches with scored tokens, task by task in turn.
+/// The first `n` micro-batches with scored tokens, task by task in turn; a task with fewer
+/// validation samples than `micro_batch` gets batches of that many rows (no filler rows).
 fn pick_batches(ds: &::data::dataset::Dataset, n: usize, micro_batch: usize) -> Vec<Batch> {
     let per_task: Vec<Vec<Batch>> = (0..ds.num_tasks())
-        .map(|t| ::data::valid::valid_batches(ds, t, 0, 1, micro_batch))
+        .map(|t| {
+            let rows = micro_batch
+                .min(ds.tasks[t].split(Split::Valid).len())
+                .max(1);
+            ::data::valid::valid_batches(ds, t, 0, 1, rows)
+        })
         .collect();
     let longest = per_task.iter().map(Vec::len).max().unwrap_or(0);
     let mut out = Vec::new();
