@@ -276,6 +276,15 @@ fn a_bf16_run_trains_with_f32_master_weights_and_resumes_only_in_bf16() {
     let cfg2 = load(&job, &["train.dtype=\"f32\"", "train.max_steps=8"]);
     let err = refused_resume(&cfg2, &ckpt, "an f32 resume of a bf16 run is refused");
     assert!(err.contains("bf16") && err.contains("f32"), "{err}");
+    // train.dtype = "auto" (f32 on the CPU for a fresh run) follows the checkpoint: the run
+    // continues in bf16, from its f32 masters.
+    let cfg3 = load(&job, &["train.max_steps=8"]);
+    assert_eq!(cfg3.train.dtype, trainer::train::config::TrainDtype::Auto);
+    with_trainer(&cfg3, &comm, Some(&ckpt), |t, _| {
+        assert_eq!(t.model.dtype(), candle_core::DType::BF16);
+        assert!(t.opt.master("model.norm.weight").is_some());
+        drive(t, 7);
+    });
 }
 
 #[test]

@@ -250,8 +250,8 @@ pub fn check_dtype(saved: Option<&str>, now: &str, dir: &Path) -> Result<()> {
     let saved = saved.unwrap_or("f32");
     if saved != now {
         bail!(
-            "{}: the run trained in {saved}, the configuration gives {now} (train.dtype; \
-             \"auto\" is f32 on the CPU): resume with train.dtype = \"{saved}\"",
+            "{}: the run trained in {saved}, the configuration gives {now} (train.dtype): \
+             resume with train.dtype = \"{saved}\" or \"auto\" (which follows the checkpoint)",
             dir.display()
         );
     }

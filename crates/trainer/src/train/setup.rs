@@ -170,6 +170,27 @@ pub fn preflight(cfg: &TrainConfig, resume: Option<&Resume>) -> Result<()> {
     }
 }
 
+/// `cfg` with `train.dtype = "auto"` replaced by the dtype the checkpoint's run trained in
+/// (recorded in its state.json; f32 without the record), so that a bf16 GPU run resumes on the
+/// CPU in bf16 and an f32 CPU run on a GPU in f32 (auto alone would pick each device's default
+/// and the resume rule would refuse the change).
+///
+/// # Errors
+/// An unreadable state.json or an unknown dtype in it.
+fn follow_checkpoint_dtype(cfg: &TrainConfig, dir: &Path) -> anyhow::Result<TrainConfig> {
+    let st = state::read_state(dir)?;
+    let saved = st.train_dtype.as_deref().unwrap_or("f32");
+    let dtype: TrainDtype = saved
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("{}: state.json: {e}", dir.display()))?;
+    let mut out = cfg.clone();
+    out.train.dtype = dtype;
+    if saved != "f32" {
+        tracing::info!("train.dtype = \"auto\": resuming in {saved}, as the run trained");
+    }
+    Ok(out)
+}
+
 /// The trainer of a fresh run (after the validation pass that gives `l_i(0)`) or of a resume
 /// from `ckpt` (after the resume rules accepted it: same tasks, batch, weighting, LR schedule
 /// and architecture).
@@ -187,6 +208,14 @@ pub fn start<'a>(
     sampler: TrainSampler<'a>,
     ckpt: Option<&Path>,
 ) -> Result<Trainer<'a>, RunError> {
+    let resumed_cfg;
+    let cfg = match (ckpt, cfg.train.dtype) {
+        (Some(dir), TrainDtype::Auto) => {
+            resumed_cfg = follow_checkpoint_dtype(cfg, dir).bad_input()?;
+            &resumed_cfg
+        }
+        _ => cfg,
+    };
     let (device, device_name) =
         super::device::select(cfg.runtime.device, comm.local_rank()).all_ranks()?;
     let map = rank_map(comm, &device_name).local()?;
