@@ -177,8 +177,8 @@ g = r["grad_max_rel_diff"]
 ok = ok and (g is None or g <= (0.0 if exact else 1e-4))
 ok = ok and r["nll_bf16_rel_diff"] <= 0.01
 grads = "skipped" if g is None else f"{g:.2e} ({r['grad_worst_parameter']})"
-print(("pass" if ok else "fail") + f" logits max |diff| {r['logits_max_abs_diff']:.2e} "
-      f"(max |logit| {r['logits_max_abs']:.1f}); grads max rel {grads}; NLL f32 "
+print(("pass" if ok else "fail") + f" logits max abs diff {r['logits_max_abs_diff']:.2e} "
+      f"(max abs logit {r['logits_max_abs']:.1f}); grads max rel {grads}; NLL f32 "
       f"{r['nll_device_f32']:.4f} bf16 {r['nll_device_bf16']:.4f} "
       f"({100 * r['nll_bf16_rel_diff']:.2f}%); {r['scored_tokens']} tokens")
 PY
@@ -222,7 +222,7 @@ if (( bench )); then
     bench_args=(--binary "$binary" --device "$device")
     [[ "$device" == cpu ]] && bench_args+=(--shapes tiny --seq 64 --steps 1)
     if scripts/bench-gpu.sh "$out/bench" "${bench_args[@]}" >"$out/bench.log" 2>&1; then
-        summary=$(grep '^| ' "$out/bench/bench.md" | tail -n +3 |
+        summary=$(grep '^| ' "$out/bench/bench.md" | tail -n +2 |
             awk -F'|' '{printf "%s: %s vs %s tok/s, MFU %s; ", $2, $5, $6, $8}')
         record bench pass "${summary% ; } (bench/bench.md)"
     else
