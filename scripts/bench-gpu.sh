@@ -8,8 +8,9 @@
 #
 # --binary B   the CUDA coba-dist (default target/cuda/dist/coba-dist; target/release/coba-dist
 #              with --device cpu)
-# --python P   a Python with torch (default /opt/torch/.venv/bin/python, else python3); without
-#              torch the PyTorch column says so and only our side runs
+# --python P   a Python with torch (default /opt/torch/.venv/bin/python, else bench-step.sh's
+#              target/bench-venv, else python3); without torch the PyTorch columns say
+#              "no torch" and only our side runs
 # --device D   cuda (default) or cpu (the dry run CI executes, on the `tiny` shape)
 # --shapes S   comma-separated: smollm2 (SmolLM2-135M: d 576, 30 layers, 9 heads, 3 KV heads,
 #              FFN 1536, vocab 49152, tied), llama1b (Llama-3.2-1B: d 2048, 16 layers, 32 heads,
@@ -60,7 +61,9 @@ fi
 if [[ ! -x "$binary" ]]; then echo "bench-gpu.sh: no binary at $binary" >&2; exit 2; fi
 if [[ -z "$python" ]]; then
     python=python3
-    [[ -x /opt/torch/.venv/bin/python ]] && python=/opt/torch/.venv/bin/python
+    for p in /opt/torch/.venv/bin/python target/bench-venv/bin/python; do
+        if [[ -x "$p" ]]; then python=$p; break; fi
+    done
 fi
 have_torch=0
 "$python" -c 'import torch' 2>/dev/null && have_torch=1
@@ -133,7 +136,8 @@ for line in open(raw):
     side = "ours" if " candle " in line else "torch"
     rows.setdefault(kv["shape"], {})[side] = (kv, line)
 mfu_base = f"MFU over {peak} TFLOP/s dense bf16" if float(peak) > 0 else "no peak known: no MFU"
-print(f"Training step on {gpu} ({device}), {dtype}, seq {seq}; {mfu_base}\n")
+where = gpu if gpu != "none" else "the CPU (no GPU)"
+print(f"Training step on {where} ({device}), {dtype}, seq {seq}; {mfu_base}\n")
 print("| shape | params | micro-batch | ours tok/s | PyTorch tok/s | ours / PyTorch "
       "| ours MFU | PyTorch MFU | ours device memory | PyTorch peak allocated (reserved) |")
 print("|---|---|---|---|---|---|---|---|---|---|")
@@ -143,14 +147,15 @@ for shape, sides in rows.items():
         continue
     o = sides["ours"][0]
     t = sides.get("torch", ({}, ""))[0]
-    ratio = (f"{float(o['tokens/s']) / float(t['tokens/s']):.2f}" if "tokens/s" in t else "n/a")
+    missing = "no torch" if "torch skipped" in sides.get("torch", ({}, ""))[1] else "n/a"
+    ratio = (f"{float(o['tokens/s']) / float(t['tokens/s']):.2f}" if "tokens/s" in t else missing)
     mem_t = (f"{t['gpu_peak_alloc_mib']} MiB ({t['gpu_peak_reserved_mib']} MiB)"
              if "gpu_peak_alloc_mib" in t else "n/a")
     print(f"| {shape} | {o['params']} | {o['batch']} | {float(o['tokens/s']):,.0f} "
           f"| {float(t['tokens/s']):,.0f} | {ratio} | {o['mfu']} | {t.get('mfu', 'n/a')} "
           f"| {o['device_mem_mib']} MiB | {mem_t} |" if "tokens/s" in t else
-          f"| {shape} | {o['params']} | {o['batch']} | {float(o['tokens/s']):,.0f} | n/a | n/a "
-          f"| {o['mfu']} | n/a | {o['device_mem_mib']} MiB | n/a |")
+          f"| {shape} | {o['params']} | {o['batch']} | {float(o['tokens/s']):,.0f} | {missing} "
+          f"| {missing} | {o['mfu']} | {missing} | {o['device_mem_mib']} MiB | {missing} |")
 PY
 cat "$out/bench.md"
 grep -q "failed at every" "$raw" && exit 1

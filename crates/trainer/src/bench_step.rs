@@ -106,6 +106,10 @@ pub fn parse(args: &[String]) -> Result<Option<StepBench>> {
             bail!("unexpected argument `{flag}`: flags are --key value (see --help)");
         };
         let key = key.replace('-', "_");
+        let known = ["quant", "device", "dtype", "peak_tflops"];
+        if !known.contains(&key.as_str()) && !b.sizes.contains_key(key.as_str()) {
+            bail!("unknown flag {flag}; see --help");
+        }
         let value = it.next().ok_or_else(|| anyhow!("{flag} needs a value"))?;
         match key.as_str() {
             "quant" => {
@@ -357,6 +361,7 @@ mod tests {
         assert_eq!(b.sizes["steps"], 3);
         for (bad, says) in [
             ("extra", "unexpected argument `extra`"),
+            ("--help-me", "unknown flag --help-me"),
             ("--d 20 --heads 3", "--heads 3 must divide --d 20"),
             ("--d 15 --heads 3", "even head size"),
             (
