@@ -67,7 +67,10 @@ pub enum Error {
         world_size: usize,
     },
     /// A backend was requested that this build does not contain.
-    #[error("the `{backend}` backend is not compiled in; rebuild with `--features {feature}`")]
+    #[error(
+        "the `{backend}` backend is not compiled in; rebuild with `--features {feature}`{}",
+        if *backend == "nccl" { " (for GPUs: scripts/build-cuda.sh, which also builds CUDA)" } else { "" }
+    )]
     BackendNotCompiled {
         /// Requested backend.
         backend: &'static str,
