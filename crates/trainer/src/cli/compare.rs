@@ -400,6 +400,48 @@ pub fn run(args: &CompareArgs) -> Result<(), ExitError> {
 mod tests {
     use super::*;
 
+    /// STL: one uniform single-task run per task under `<output_dir>/stl/<task>`, keeping
+    /// `[eval] metrics` only for tasks the eval bundle has problems of (the demo's
+    /// code_translation has none, and a single-task run with metrics but no problems is
+    /// refused by `check`); a weighted method keeps the whole configuration.
+    #[test]
+    fn stl_runs_each_task_alone_and_keeps_eval_metrics_only_where_the_bundle_has_problems() {
+        let eval_data = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/eval");
+        let toml = format!(
+            "output_dir = \"/tmp/cmp\"\n[model]\ntokenizer = \"t.json\"\n[model.arch]\nhidden_size = 16\nnum_hidden_layers = 1\n\
+             num_attention_heads = 2\n[data]\ntasks = [\n\
+             {{ name = \"code_completion\", paths = [\"a.jsonl\"] }},\n\
+             {{ name = \"code_translation\", paths = [\"b.jsonl\"] }},\n\
+             {{ name = \"math_gsm8k\", paths = [\"c.jsonl\"] }},\n]\n\
+             [coba]\nmethod = \"coba\"\n[eval]\nmetrics = [\"pass@1\", \"accuracy\"]\n\
+             data = {eval_data:?}\n"
+        );
+        let base = crate::train::config::load(&crate::train::config::Sources {
+            toml: Some((toml, "test.toml".into())),
+            env: Vec::new(),
+            sets: Vec::new(),
+        })
+        .unwrap();
+        let stl = method_configs(&base, MethodSpec::parse("stl").unwrap());
+        assert_eq!(stl.len(), 3);
+        for (cfg, (task, keeps)) in stl.iter().zip([
+            ("code_completion", true),
+            ("code_translation", false),
+            ("math_gsm8k", true),
+        ]) {
+            assert_eq!(cfg.task_names(), [task]);
+            assert_eq!(cfg.output_dir, Path::new("/tmp/cmp/stl").join(task));
+            assert_eq!(cfg.coba.method, MethodKind::Uniform);
+            assert_eq!(cfg.eval.metrics.is_empty(), !keeps, "{task}");
+        }
+        let famo = method_configs(&base, MethodSpec::parse("famo-train").unwrap());
+        assert_eq!(famo.len(), 1);
+        assert_eq!(famo[0].task_names().len(), 3);
+        assert_eq!(famo[0].coba.signal, Signal::Train);
+        assert_eq!(famo[0].eval.metrics.len(), 2);
+        assert_eq!(famo[0].output_dir, Path::new("/tmp/cmp/famo-train"));
+    }
+
     #[test]
     fn best_steps_selection_and_spread_follow_the_logged_evaluations() {
         let dir = tempfile::tempdir().unwrap();
