@@ -83,6 +83,19 @@ pub trait Communicator {
     fn abort(&self, code: i32) -> !;
 }
 
+/// Refuses a dtype the tensor collectives do not reduce (every backend reduces f16, bf16, f32
+/// and f64).
+pub(crate) fn check_float(collective: &'static str, rank: usize, dtype: DType) -> Result<()> {
+    match dtype {
+        DType::F64 | DType::F32 | DType::BF16 | DType::F16 => Ok(()),
+        other => Err(Error::InvalidArgument {
+            collective,
+            rank,
+            reason: format!("dtype {other:?}; only f16, bf16, f32 and f64 are reduced"),
+        }),
+    }
+}
+
 /// [`Communicator::all_reduce_sum_tensor`] through host memory: copy out (16-bit floats as
 /// `f32`), sum with the host-slice collective, copy back in the input's dtype and device.
 pub fn host_all_reduce_tensor<C: Communicator + ?Sized>(comm: &C, buf: &Tensor) -> Result<Tensor> {
@@ -91,33 +104,24 @@ pub fn host_all_reduce_tensor<C: Communicator + ?Sized>(comm: &C, buf: &Tensor) 
         name: WHAT.to_owned(),
         source,
     };
-    let reduced = match buf.dtype() {
-        DType::F64 => {
-            let mut host = buf
-                .flatten_all()
-                .and_then(|t| t.to_vec1::<f64>())
-                .map_err(err)?;
-            comm.all_reduce_sum_f64(&mut host)?;
-            Tensor::from_vec(host, buf.shape(), buf.device()).map_err(err)?
-        }
-        DType::F32 | DType::BF16 | DType::F16 => {
-            let mut host = buf
-                .to_dtype(DType::F32)
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(err)?;
-            comm.all_reduce_sum_f32(&mut host)?;
-            Tensor::from_vec(host, buf.shape(), buf.device())
-                .and_then(|t| t.to_dtype(buf.dtype()))
-                .map_err(err)?
-        }
-        other => {
-            return Err(Error::InvalidArgument {
-                collective: WHAT,
-                rank: comm.rank(),
-                reason: format!("dtype {other:?}; only f16, bf16, f32 and f64 are reduced"),
-            })
-        }
+    check_float(WHAT, comm.rank(), buf.dtype())?;
+    let reduced = if buf.dtype() == DType::F64 {
+        let mut host = buf
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f64>())
+            .map_err(err)?;
+        comm.all_reduce_sum_f64(&mut host)?;
+        Tensor::from_vec(host, buf.shape(), buf.device()).map_err(err)?
+    } else {
+        let mut host = buf
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(err)?;
+        comm.all_reduce_sum_f32(&mut host)?;
+        Tensor::from_vec(host, buf.shape(), buf.device())
+            .and_then(|t| t.to_dtype(buf.dtype()))
+            .map_err(err)?
     };
     Ok(reduced)
 }

@@ -1,6 +1,6 @@
 //! [`Local`]: a world of one process. Collectives are identities; no system dependency.
 
-use crate::communicator::{check_root, host_name, Backend, Communicator, StepCounter};
+use crate::communicator::{check_float, check_root, host_name, Backend, Communicator, StepCounter};
 use crate::error::Result;
 
 /// The single-process communicator.
@@ -53,15 +53,8 @@ impl Communicator for Local {
     /// The identity, without a copy: the tensor stays where it is (a single-GPU run moves
     /// no gradient through host memory). Integer dtypes are refused as on every backend.
     fn all_reduce_sum_tensor(&self, buf: &candle_core::Tensor) -> Result<candle_core::Tensor> {
-        use candle_core::DType;
-        match buf.dtype() {
-            DType::F64 | DType::F32 | DType::BF16 | DType::F16 => Ok(buf.clone()),
-            other => Err(crate::error::Error::InvalidArgument {
-                collective: "all_reduce_sum_tensor",
-                rank: 0,
-                reason: format!("dtype {other:?}; only f16, bf16, f32 and f64 are reduced"),
-            }),
-        }
+        check_float("all_reduce_sum_tensor", 0, buf.dtype())?;
+        Ok(buf.clone())
     }
     fn broadcast_bytes(&self, _buf: &mut Vec<u8>, root: usize) -> Result<()> {
         check_root("broadcast_bytes", root, 0, 1)

@@ -157,11 +157,6 @@ impl Nccl {
         Ok((ordinal, name))
     }
 
-    /// The GPU this rank uses: `local_rank % visible GPUs`.
-    pub fn ordinal(&self) -> usize {
-        self.ordinal
-    }
-
     /// The MPI control-plane communicator.
     pub fn mpi(&self) -> &Mpi {
         &self.mpi

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Storage, Tensor};
 use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 use cudarc::nccl::NcclType;
 
-use crate::communicator::{host_all_reduce_tensor, Communicator};
+use crate::communicator::{check_float, host_all_reduce_tensor, Communicator};
 use crate::error::{Error, Result};
 use crate::nccl_backend::Nccl;
 
@@ -27,6 +27,7 @@ pub(crate) fn all_reduce_sum_tensor(nccl: &Nccl, buf: &Tensor) -> Result<Tensor>
     let Device::Cuda(device) = buf.device() else {
         return host_all_reduce_tensor(nccl, buf);
     };
+    check_float(WHAT, nccl.rank(), buf.dtype())?;
     let buf = buf.contiguous().map_err(tensor_err)?;
     let reduced = {
         let (storage, layout) = buf.storage_and_layout();
@@ -43,13 +44,8 @@ pub(crate) fn all_reduce_sum_tensor(nccl: &Nccl, buf: &Tensor) -> Result<Tensor>
             DType::F32 => reduce::<f32>(nccl, device, cuda, start, end)?,
             DType::F64 => reduce::<f64>(nccl, device, cuda, start, end)?,
             DType::BF16 => reduce::<half::bf16>(nccl, device, cuda, start, end)?,
-            DType::F16 => reduce::<half::f16>(nccl, device, cuda, start, end)?,
-            other => {
-                return Err(invalid(
-                    nccl,
-                    format!("dtype {other:?}; only f16, bf16, f32 and f64 are reduced"),
-                ))
-            }
+            // F16, the one dtype left that check_float admits.
+            _ => reduce::<half::f16>(nccl, device, cuda, start, end)?,
         }
     };
     Ok(Tensor::from_storage(

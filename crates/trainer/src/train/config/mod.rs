@@ -249,18 +249,18 @@ pub enum TrainDtype {
     Bf16,
 }
 
+/// Parses a command-line value the way the config file spells it (the enum's serde names),
+/// e.g. `--dtype bf16` or `--device cuda`.
+fn from_config_name<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T, String> {
+    use serde::de::value::{Error, StrDeserializer};
+    T::deserialize(StrDeserializer::<Error>::new(s)).map_err(|e| format!("{what}: {e}"))
+}
+
 impl std::str::FromStr for TrainDtype {
     type Err = String;
     /// `auto`, `f32` or `bf16` (as in the config file), for command-line flags.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "f32" => Ok(Self::F32),
-            "bf16" => Ok(Self::Bf16),
-            other => Err(format!(
-                "unknown dtype `{other}` (expected auto, f32 or bf16)"
-            )),
-        }
+        from_config_name("dtype", s)
     }
 }
 
@@ -369,14 +369,7 @@ impl std::str::FromStr for DeviceChoice {
     type Err = String;
     /// `auto`, `cpu` or `cuda` (as in the config file), for command-line flags.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda),
-            other => Err(format!(
-                "unknown device `{other}` (expected auto, cpu or cuda)"
-            )),
-        }
+        from_config_name("device", s)
     }
 }
 
