@@ -9,10 +9,11 @@ if ! python3 -c 'import tensorboard' 2>/dev/null; then
     echo "test.sh: installing the Python package tensorboard (the event-file reader of the tests)"
     python3 -m pip install --quiet --disable-pip-version-check tensorboard==2.21.0
 fi
-# The safetensors reader checks `merge` against PEFT's formula (crates/trainer/tests/lora_cli.rs).
-if ! python3 -c 'import safetensors.numpy' 2>/dev/null; then
-    echo "test.sh: installing the Python package safetensors (the reader of the merge check)"
-    python3 -m pip install --quiet --disable-pip-version-check safetensors==0.7.0
+# The safetensors reader checks `merge` against PEFT's formula (crates/trainer/tests/lora_cli.rs);
+# safetensors.numpy needs numpy, which the safetensors package does not pull in.
+if ! python3 -c 'import safetensors.numpy, numpy' 2>/dev/null; then
+    echo "test.sh: installing the Python packages safetensors and numpy (the merge check's reader)"
+    python3 -m pip install --quiet --disable-pip-version-check safetensors==0.7.0 numpy
 fi
 # With the MPI backend: the collectives tests launch real `mpirun -n 2` / `-n 3` jobs.
 cargo test --workspace --locked --features collectives/mpi
