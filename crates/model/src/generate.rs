@@ -6,6 +6,7 @@ use super::error::ModelError;
 use super::init::SplitMix64;
 use super::kv_cache::KvCache;
 use super::lm::CausalLm;
+use super::matmul::matmul;
 use candle_core::{DType, Tensor, D};
 
 /// How the next token is picked.
@@ -49,7 +50,7 @@ pub(crate) fn generate<M: CausalLm + ?Sized>(
             None => m.hidden(&TokenBatch::inputs(1, tokens.len(), tokens.clone()), false)?,
         };
         let last = h.narrow(1, h.dim(1)? - 1, 1)?.squeeze(1)?;
-        let logits = last.matmul(&w.t()?)?;
+        let logits = matmul(&last, &w.t()?)?;
         let logits = match &b {
             Some(b) => logits.broadcast_add(b)?,
             None => logits,
@@ -93,7 +94,7 @@ pub(crate) fn generate_batch<M: CausalLm + ?Sized>(
     let (w, b) = m.head(false);
     let next_tokens = |h: &Tensor| -> Result<Vec<u32>, ModelError> {
         let last = h.narrow(1, h.dim(1)? - 1, 1)?.squeeze(1)?;
-        let logits = last.matmul(&w.t()?)?;
+        let logits = matmul(&last, &w.t()?)?;
         let logits = match &b {
             Some(b) => logits.broadcast_add(b)?,
             None => logits,

@@ -5,6 +5,7 @@
 use super::batch::TokenBatch;
 use super::error::ModelError;
 use super::lm::CausalLm;
+use super::matmul::matmul;
 use candle_core::{DType, Tensor, D};
 
 /// Positions of one head product (bounds the `(positions, vocab)` probabilities in memory).
@@ -58,7 +59,7 @@ pub fn head_task_gradients<M: CausalLm + ?Sized>(
             let idx: Vec<u32> = chunk.iter().map(|(t, _)| *t).collect();
             let idx = Tensor::from_vec(idx, chunk.len(), m.device())?;
             let hk = h.index_select(&idx, 0)?;
-            let z = hk.matmul(&w.t()?)?;
+            let z = matmul(&hk, &w.t()?)?;
             let z = match &b {
                 Some(b) => z.broadcast_add(b)?,
                 None => z,
@@ -70,7 +71,7 @@ pub fn head_task_gradients<M: CausalLm + ?Sized>(
             }
             let onehot =
                 Tensor::from_vec(onehot, (chunk.len(), vocab), m.device())?.to_dtype(dtype)?;
-            let g = (p - onehot)?.t()?.matmul(&hk)?;
+            let g = matmul(&(p - onehot)?.t()?, &hk)?;
             out[task] = (&out[task] + g)?;
         }
     }

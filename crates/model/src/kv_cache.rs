@@ -6,6 +6,7 @@ use super::batch::TokenBatch;
 use super::error::ModelError;
 use super::fused::{attention, AttentionMask};
 use super::layers::{repeat_kv, softmax_last};
+use super::matmul::matmul;
 use candle_core::{Result, Tensor};
 
 /// Keys and values of every layer for a batch of sequences, in the model's dtype. A batch of
@@ -56,10 +57,16 @@ impl KvCache {
     /// Keeps only rows `keep` (indices into the current rows, in the new order), e.g. to drop
     /// finished sequences from a batched decode, and drops the leading positions that are
     /// filler in every kept row (so a continuously refilled batch does not grow without end).
+    /// Keeping no rows empties the cache (as [`KvCache::new`]) without a tensor op: candle's
+    /// CUDA `index_select` launches a zero-size grid for zero ids, which the driver refuses.
     ///
     /// # Errors
     /// A tensor failure.
     pub fn retain_rows(&mut self, keep: &[usize]) -> Result<()> {
+        if keep.is_empty() {
+            *self = Self::default();
+            return Ok(());
+        }
         let pad = if self.pad.is_empty() {
             vec![0; 1]
         } else {
@@ -369,15 +376,12 @@ impl Attend<'_> {
                 let (heads, hd) = (q.dim(1)?, q.dim(3)?);
                 let kvh = heads / rep;
                 let qg = q.contiguous()?.reshape((rows, kvh, rep * n, hd))?;
-                let scores = qg
-                    .matmul(&k.t()?)?
+                let scores = matmul(&qg, &k.t()?)?
                     .affine(scale, 0.0)?
                     .reshape((rows, kvh, rep, n, total))?
                     .broadcast_add(&mask)?
                     .reshape((rows, kvh, rep * n, total))?;
-                softmax_last(&scores)?
-                    .matmul(&v)?
-                    .reshape((rows, heads, n, hd))
+                matmul(&softmax_last(&scores)?, &v)?.reshape((rows, heads, n, hd))
             }
         }
     }

@@ -26,6 +26,7 @@ mod llama;
 mod lm;
 pub mod lora;
 mod loss;
+pub mod matmul;
 pub mod optim;
 mod phi;
 pub mod quantized;

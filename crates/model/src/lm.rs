@@ -78,11 +78,7 @@ pub trait CausalLm {
     fn logits(&self, batch: &TokenBatch) -> Result<Tensor, ModelError> {
         let h = self.hidden(batch, false)?;
         let (w, b) = self.head(false);
-        let l = h.broadcast_matmul(&w.t()?)?;
-        Ok(match b {
-            Some(b) => l.broadcast_add(&b)?,
-            None => l,
-        })
+        Ok(crate::layers::linear(&h, &w, b.as_ref())?)
     }
 
     /// Forward and backward of the weighted objective

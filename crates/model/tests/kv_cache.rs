@@ -134,6 +134,13 @@ fn padded_batch_hidden_states_equal_each_row_alone() {
             &alone.narrow(1, all.len() - 1, 1).unwrap(),
         );
         assert!(d < 1e-12, "{name}: after retain_rows, {d:e}");
+        // Dropping every row leaves an empty cache that a new prompt starts from position 0.
+        cache.retain_rows(&[]).unwrap();
+        assert!(cache.is_empty(), "{name}: {} positions left", cache.len());
+        assert_eq!(cache.rows(), 1);
+        let h = m.hidden_cached(&rows[0], &mut cache).unwrap().unwrap();
+        let d = max_abs_diff(&h, &full_hidden(m.as_ref(), &rows[0]));
+        assert!(d < 1e-12, "{name}: after dropping every row, {d:e}");
     }
 }
 

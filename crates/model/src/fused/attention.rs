@@ -56,8 +56,10 @@ pub fn attention(
             .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
     }
     let m = mask.additive(q.dtype(), q.device())?;
-    let scores = q.matmul(&k.t()?)?.affine(scale, 0.0)?.broadcast_add(&m)?;
-    softmax_last(&scores)?.matmul(v)
+    let scores = crate::matmul::matmul(q, &k.t()?)?
+        .affine(scale, 0.0)?
+        .broadcast_add(&m)?;
+    crate::matmul::matmul(&softmax_last(&scores)?, v)
 }
 
 struct Attention {

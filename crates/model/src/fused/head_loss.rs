@@ -41,7 +41,7 @@ pub fn head_cross_entropy(
         bail!("head_cross_entropy: label {bad} >= vocab {vocab}");
     }
     if b.is_some() || !(fused_ok(h) && fused_ok(w) && w.dtype() == h.dtype()) {
-        let logits = h.matmul(&w.t()?)?;
+        let logits = crate::matmul::matmul(h, &w.t()?)?;
         let logits = match b {
             Some(b) => logits.broadcast_add(b)?,
             None => logits,
