@@ -105,6 +105,16 @@ pub fn host_all_reduce_tensor<C: Communicator + ?Sized>(comm: &C, buf: &Tensor) 
         source,
     };
     check_float(WHAT, comm.rank(), buf.dtype())?;
+    // candle copies a device tensor's whole storage to the host before slicing out a view
+    // (`Tensor::to_vec1`), and a bucket is a view into the flat gradient buffer: copy the view
+    // out on the device first, so one bucket crosses PCIe, not the whole buffer per bucket.
+    let owned;
+    let buf = if buf.device().is_cpu() {
+        buf
+    } else {
+        owned = buf.force_contiguous().map_err(err)?;
+        &owned
+    };
     let reduced = if buf.dtype() == DType::F64 {
         let mut host = buf
             .flatten_all()
