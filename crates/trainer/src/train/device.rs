@@ -20,6 +20,26 @@ pub fn select(choice: DeviceChoice, local_rank: usize) -> Result<(Device, String
     }
 }
 
+/// `runtime.backend` with `auto` settled for a rank that will train on `device`: NCCL when
+/// several processes were `launched`, the binary has NCCL and the ranks train on GPUs
+/// (`runtime.device` is not `cpu` and `gpus` are visible), so gradients stay on the device;
+/// otherwise `choice` unchanged, which [`collectives::init`] turns into MPI under a launcher
+/// and the local backend alone. An explicit backend is never changed.
+pub fn resolve_backend(
+    choice: collectives::BackendChoice,
+    device: DeviceChoice,
+    launched: bool,
+    nccl_compiled: bool,
+    gpus: usize,
+) -> collectives::BackendChoice {
+    use collectives::BackendChoice;
+    let on_gpus = device != DeviceChoice::Cpu && gpus > 0;
+    match choice {
+        BackendChoice::Auto if launched && nccl_compiled && on_gpus => BackendChoice::Nccl,
+        other => other,
+    }
+}
+
 /// GPUs the CUDA driver shows this process (0 in a CPU build or without a driver).
 pub fn visible_gpus() -> usize {
     #[cfg(feature = "cuda")]
@@ -100,6 +120,23 @@ fn cuda(_local_rank: usize) -> Result<(Device, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_backend_is_nccl_only_for_launched_gpu_ranks_of_an_nccl_build() {
+        use collectives::BackendChoice::{Auto, Local, Mpi, Nccl};
+        use DeviceChoice::{Auto as AnyDevice, Cpu, Cuda};
+        assert_eq!(resolve_backend(Auto, AnyDevice, true, true, 8), Nccl);
+        assert_eq!(resolve_backend(Auto, Cuda, true, true, 1), Nccl);
+        // The CPU asked for, no GPU visible, no NCCL in the binary, or a world of one: auto.
+        assert_eq!(resolve_backend(Auto, Cpu, true, true, 8), Auto);
+        assert_eq!(resolve_backend(Auto, AnyDevice, true, true, 0), Auto);
+        assert_eq!(resolve_backend(Auto, Cuda, true, false, 8), Auto);
+        assert_eq!(resolve_backend(Auto, Cuda, false, true, 8), Auto);
+        // An explicit choice stays.
+        for b in [Local, Mpi, Nccl] {
+            assert_eq!(resolve_backend(b, Cuda, true, true, 8), b);
+        }
+    }
 
     #[test]
     fn cpu_and_auto_without_a_gpu_give_the_cpu_and_cuda_explains_itself() {
