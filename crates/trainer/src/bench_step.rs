@@ -223,7 +223,8 @@ pub fn run_on(b: &StepBench, device: &Device, device_name: &str) -> Result<Strin
             model.quantize_base(f)?;
         }
         let shapes = model.projection_shapes();
-        let lora = model::lora::Lora::new(settings, &shapes, 0, dtype, &device)?;
+        let adapters = model::lora::adapter_dtype(dtype);
+        let lora = model::lora::Lora::new(settings, &shapes, 0, adapters, &device)?;
         model.set_lora(lora);
     }
     // What the optimizer keeps moments for and the all-reduce moves (f32).
