@@ -101,6 +101,8 @@ pub(crate) fn forward_backward<M: CausalLm + ?Sized>(
     let mut dh_parts = Vec::new();
     let mut d_lm: Option<Tensor> = None;
     let mut d_lm_b: Option<Tensor> = None;
+    let mut nlls = Vec::new();
+    let mut scales = Vec::with_capacity(scored.len());
     let h_det = h_flat.detach();
     for chunk in scored.chunks(chunk_tokens(m, opts)) {
         let scale: Vec<f64> = chunk
@@ -120,7 +122,8 @@ pub(crate) fn forward_backward<M: CausalLm + ?Sized>(
             Tensor::from_vec(scale.clone(), chunk.len(), m.device())?.to_dtype(nll.dtype())?;
         let obj = (&nll * &scale_t)?.sum_all()?;
         let grads = obj.backward()?;
-        record(&mut report, batch, chunk, &nll, Some(&scale))?;
+        nlls.push(nll.detach());
+        scales.extend_from_slice(&scale);
         if let Some(g) = grads.get(hc.as_tensor()) {
             // Gradient tensors are themselves tracked (built from the LM head): detach them,
             // or phase 2 would differentiate through them again.
@@ -131,6 +134,7 @@ pub(crate) fn forward_backward<M: CausalLm + ?Sized>(
             add_grad(&mut d_lm_b, grads.get(b).map(|g| g.detach()).as_ref())?;
         }
     }
+    record(&mut report, batch, &scored, &nlls, Some(&scales))?;
     let mut dh = Tensor::zeros((rows * seq, d), m.dtype(), m.device())?;
     for (idx, g) in &dh_parts {
         dh = dh.index_add(idx, g, 0)?;
@@ -173,12 +177,14 @@ pub(crate) fn evaluate<M: CausalLm + ?Sized>(
     let h_flat = h.reshape((rows * seq, d))?;
     let (lm, lm_b) = m.head(false);
     let mut report = LossReport::default();
-    for chunk in batch.scored_positions().chunks(chunk_tokens(m, opts)) {
+    let scored = batch.scored_positions();
+    let mut nlls = Vec::new();
+    for chunk in scored.chunks(chunk_tokens(m, opts)) {
         let idx = Tensor::from_slice(chunk, chunk.len(), m.device())?;
         let hc = h_flat.index_select(&idx, 0)?;
-        let nll = chunk_nll(&hc, &lm, lm_b.as_ref(), batch, chunk)?;
-        record(&mut report, batch, chunk, &nll, None)?;
+        nlls.push(chunk_nll(&hc, &lm, lm_b.as_ref(), batch, chunk)?);
     }
+    record(&mut report, batch, &scored, &nlls, None)?;
     Ok(report)
 }
 
@@ -208,15 +214,31 @@ fn chunk_nll(
     Ok(head_cross_entropy(hc, lm, lm_b, &labels)?)
 }
 
+/// Adds the NLLs of the scored `positions` to `report` (per task, and `scale[j] * nll_j` to
+/// the objective), position by position in order. `nlls` are the chunks' `(n)` NLL tensors,
+/// copied to the host together: one synchronisation per batch on a GPU, not one per chunk.
 fn record(
     report: &mut LossReport,
     batch: &TokenBatch,
-    chunk: &[u32],
-    nll: &Tensor,
+    positions: &[u32],
+    nlls: &[Tensor],
     scale: Option<&[f64]>,
 ) -> Result<(), ModelError> {
-    let vals = nll.detach().to_dtype(DType::F64)?.to_vec1::<f64>()?;
-    for (j, (&i, v)) in chunk.iter().zip(&vals).enumerate() {
+    if nlls.is_empty() {
+        return Ok(());
+    }
+    let vals = Tensor::cat(nlls, 0)?
+        .detach()
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?;
+    if vals.len() != positions.len() {
+        return Err(ModelError::Batch(format!(
+            "{} losses for {} scored positions",
+            vals.len(),
+            positions.len()
+        )));
+    }
+    for (j, (&i, v)) in positions.iter().zip(&vals).enumerate() {
         let t = batch.task_of(i as usize) as usize;
         if report.per_task.len() <= t {
             report.per_task.resize(t + 1, TaskLoss::default());

@@ -4,7 +4,7 @@
 use super::storage::{max, Float};
 use crate::layers::attention_mask;
 use candle_core::{bail, Device, Result, Tensor};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Which keys each query may attend: key `j <= i` of the same packed segment.
 #[derive(Debug, Clone)]
@@ -13,6 +13,9 @@ pub struct AttentionMask {
     seq: usize,
     /// Row-major `(rows, seq)` segment ids; `None` means one segment per row.
     segments: Option<Arc<[u32]>>,
+    /// The additive mask of the first [`AttentionMask::additive`] call, shared by every layer
+    /// (and clone) of one forward: built on the host and uploaded once, one copy in the graph.
+    additive: Arc<OnceLock<Tensor>>,
 }
 
 impl AttentionMask {
@@ -36,16 +39,26 @@ impl AttentionMask {
             rows,
             seq,
             segments,
+            additive: Arc::default(),
         })
     }
 
-    /// The additive `(rows, 1, seq, seq)` mask of the composed path (0 or `-inf`).
+    /// The additive `(rows, 1, seq, seq)` mask of the composed path (0 or `-inf`), built on
+    /// the first call and reused by later calls with the same dtype and device.
     ///
     /// # Errors
     /// A tensor failure.
     pub fn additive(&self, dtype: candle_core::DType, device: &Device) -> Result<Tensor> {
+        if let Some(t) = self.additive.get() {
+            if t.dtype() == dtype && t.device().same_device(device) {
+                return Ok(t.clone());
+            }
+        }
         let seg: &[u32] = self.segments.as_deref().unwrap_or(&[]);
-        attention_mask(seg, self.rows, self.seq, dtype, device)
+        let t = attention_mask(seg, self.rows, self.seq, dtype, device)?;
+        // A mask of another dtype or device kept first stays; this one is returned as is.
+        let _ = self.additive.set(t.clone());
+        Ok(t)
     }
 
     /// Batch rows.
@@ -118,5 +131,34 @@ pub(super) fn softmax_grad_row<T: Float>(scale: f64, p: &[T], dp: &[T], ds: &mut
         .fold(T::zero(), |a, (&x, &y)| a + x * y);
     for j in 0..=i {
         ds[j] = scale * p[j] * (dp[j] - dot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    #[test]
+    fn additive_mask_is_built_once_and_shared_by_clones() {
+        let seg = [0, 0, 1, 0, 1, 1];
+        let m = AttentionMask::new(2, 3, &seg).unwrap();
+        let a = m.additive(DType::F32, &Device::Cpu).unwrap();
+        let b = m.clone().additive(DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(a.id(), b.id(), "a second call rebuilt the mask");
+        let want = attention_mask(&seg, 2, 3, DType::F32, &Device::Cpu).unwrap();
+        let rows = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(rows(&a), rows(&want));
+        // Row 0, query 2 (segment 1) sees only itself; row 1, query 1 sees keys 1 (not 0).
+        assert_eq!(&rows(&a)[6..9], [f32::NEG_INFINITY, f32::NEG_INFINITY, 0.0]);
+        assert_eq!(
+            &rows(&a)[12..15],
+            [f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY]
+        );
+        // Another dtype is built for that dtype, not served from the cache.
+        let c = m.additive(DType::F64, &Device::Cpu).unwrap();
+        assert_eq!(c.dtype(), DType::F64);
+        let c32 = c.to_dtype(DType::F32).unwrap();
+        assert_eq!(rows(&c32), rows(&want));
     }
 }
