@@ -5,8 +5,9 @@
 use super::batch::TokenBatch;
 use super::error::ModelError;
 use super::fused::{attention, AttentionMask};
-use super::layers::{repeat_kv, softmax_last};
+use super::layers::repeat_kv;
 use super::matmul::matmul;
+use super::softmax_node::softmax_last;
 use candle_core::{Result, Tensor};
 
 /// Keys and values of every layer for a batch of sequences, in the model's dtype. A batch of

@@ -55,8 +55,9 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
         .broadcast_mul(w)
 }
 
-/// Softmax over the last dim. The row maximum is subtracted (detached: softmax is invariant
-/// to the shift, so this changes no gradient). A 16-bit `x` is computed in f32 and the
+/// Softmax over the last dim, composed: the reference for [`crate::softmax_node::softmax_last`]
+/// (one graph node, which attention uses). The row maximum is subtracted (detached: softmax is
+/// invariant to the shift, so this changes no gradient). A 16-bit `x` is computed in f32 and the
 /// probabilities rounded back (HF's eager attention: `softmax(.., dtype=float32).to(dtype)`).
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let xf = x.to_dtype(compute_dtype(x.dtype()))?;

@@ -30,6 +30,7 @@ pub mod matmul;
 pub mod optim;
 mod phi;
 pub mod quantized;
+pub mod softmax_node;
 
 pub use any::Model;
 pub use batch::TokenBatch;

@@ -3,7 +3,7 @@
 use super::fused_ok;
 use super::softmax::{softmax_grad_row, AttentionMask};
 use super::storage::{for_rows, typed, typed_tensor, Float};
-use crate::layers::softmax_last;
+use crate::softmax_node::softmax_last;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
@@ -55,10 +55,10 @@ pub fn attention(
             .contiguous()?
             .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
     }
+    // Scaling q instead of the scores and the one-node softmax keep three (rows, heads, seq,
+    // seq) tensors in the graph (scores, masked scores, probabilities) instead of eight.
     let m = mask.additive(q.dtype(), q.device())?;
-    let scores = crate::matmul::matmul(q, &k.t()?)?
-        .affine(scale, 0.0)?
-        .broadcast_add(&m)?;
+    let scores = crate::matmul::matmul(&q.affine(scale, 0.0)?, &k.t()?)?.broadcast_add(&m)?;
     crate::matmul::matmul(&softmax_last(&scores)?, v)
 }
 
