@@ -30,7 +30,35 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
         // Nothing to launch (a zero-size grid is refused on CUDA).
         return crate::layers::softmax_last(x);
     }
+    if !x.device().is_cpu() && x.elem_count() > KERNEL_MAX_ELEMS {
+        return in_parts(x, KERNEL_MAX_ELEMS);
+    }
     x.contiguous()?.apply_op1(SoftmaxLast)
+}
+
+/// candle-kernels' softmax indexes `row * n_cols + col` in a C `int`: one launch must stay
+/// below 2^31 elements (e.g. 15 rows x 9 heads x 4096^2 scores in an evaluation would not).
+const KERNEL_MAX_ELEMS: usize = i32::MAX as usize;
+
+/// The softmax of `x` over groups of whole rows of at most `max_elems` elements each, joined
+/// again (rows are independent, so the values are those of one node; the join costs one copy).
+fn in_parts(x: &Tensor, max_elems: usize) -> Result<Tensor> {
+    let cols = x.dim(D::Minus1)?;
+    let rows = x.elem_count() / cols;
+    let per = (max_elems / cols).max(1);
+    let flat = x.reshape((rows, cols))?;
+    let mut parts = Vec::with_capacity(rows.div_ceil(per));
+    let mut start = 0;
+    while start < rows {
+        let n = per.min(rows - start);
+        parts.push(
+            flat.narrow(0, start, n)?
+                .contiguous()?
+                .apply_op1(SoftmaxLast)?,
+        );
+        start += n;
+    }
+    Tensor::cat(&parts, 0)?.reshape(x.shape())
 }
 
 struct SoftmaxLast;
@@ -207,7 +235,9 @@ mod tests {
             assert_eq!(got.dtype(), dtype);
             let want = crate::layers::softmax_last(&x).unwrap();
             let (g, w) = (values(&got), values(&want));
-            // f64/f32: the same sums up to their order; 16-bit: the same f32 value rounded once.
+            // f64/f32: the same sums up to their order; 16-bit: the same f32 value rounded
+            // once (rows this short round alike; long rows can differ by an ulp where the two
+            // summation orders straddle a rounding boundary).
             let tol = match dtype {
                 DType::F64 => 1e-15,
                 DType::F32 => 1e-7,
@@ -220,6 +250,22 @@ mod tests {
                 g.iter().skip(2).step_by(7).all(|&p| p == 0.0),
                 "{dtype:?}: masked"
             );
+        }
+    }
+
+    #[test]
+    fn parts_of_whole_rows_give_the_one_node_values_and_gradients() {
+        let x = Var::from_tensor(&ramp(&[3, 5, 7], DType::F64)).unwrap();
+        let w = ramp(&[3, 5, 7], DType::F64).cos().unwrap();
+        // 20 elements per part: 2 rows of 7 (the last part 1 row); 3: one row per part.
+        for max in [20, 3, 1000] {
+            let got = in_parts(x.as_tensor(), max).unwrap();
+            let want = softmax_last(x.as_tensor()).unwrap();
+            assert_eq!(values(&got), values(&want), "max {max}");
+            let g = (got * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let h = (want * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let (g, h) = (g.get(x.as_tensor()).unwrap(), h.get(x.as_tensor()).unwrap());
+            assert_eq!(values(g), values(h), "max {max}");
         }
     }
 
