@@ -81,6 +81,10 @@ pub struct InitOptions {
     pub backend: BackendChoice,
     /// Seconds one collective may take before the job is aborted; 0 disables the watchdog.
     pub collective_timeout_s: u64,
+    /// The ranks will compute on GPUs: under a launcher, [`BackendChoice::Auto`] then takes
+    /// NCCL in a build with it when every rank has a GPU of its own (checked by GPU UUID), MPI
+    /// otherwise (saying why). Default false: auto is MPI under a launcher.
+    pub gpu_ranks: bool,
 }
 
 impl Default for InitOptions {
@@ -88,8 +92,23 @@ impl Default for InitOptions {
         Self {
             backend: BackendChoice::Auto,
             collective_timeout_s: DEFAULT_COLLECTIVE_TIMEOUT_S,
+            gpu_ranks: false,
         }
     }
+}
+
+/// The first two ranks whose placement keys (`"host GPU-uuid"`, one per rank, gathered in rank
+/// order) are equal: two ranks driving one GPU, which NCCL refuses. `None` when all differ.
+#[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+pub(crate) fn first_shared(keys: &[String]) -> Option<(usize, usize)> {
+    let mut seen = std::collections::HashMap::new();
+    for (rank, key) in keys.iter().enumerate() {
+        if let Some(&first) = seen.get(key) {
+            return Some((first, rank));
+        }
+        seen.insert(key, rank);
+    }
+    None
 }
 
 /// Whether this build contains the MPI backend.
@@ -120,6 +139,9 @@ pub fn init(options: &InitOptions) -> Result<Box<dyn Communicator>> {
     let timeout = (options.collective_timeout_s > 0)
         .then(|| Duration::from_secs(options.collective_timeout_s));
     let backend = match options.backend {
+        BackendChoice::Auto if launch.is_some() && options.gpu_ranks && NCCL_COMPILED => {
+            BackendChoice::Nccl
+        }
         BackendChoice::Auto if launch.is_some() => BackendChoice::Mpi,
         BackendChoice::Auto => BackendChoice::Local,
         explicit => explicit,
@@ -145,6 +167,7 @@ pub fn init(options: &InitOptions) -> Result<Box<dyn Communicator>> {
             None => Box::new(Local::new()),
         },
         BackendChoice::Mpi => init_mpi(timeout, launch.as_ref())?,
+        BackendChoice::Nccl if options.backend == BackendChoice::Auto => init_nccl_or_mpi(timeout)?,
         BackendChoice::Nccl => init_nccl(timeout)?,
     };
     if let Some(l) = &launch {
@@ -196,6 +219,18 @@ fn init_nccl(timeout: Option<Duration>) -> Result<Box<dyn Communicator>> {
     Ok(Box::new(comm))
 }
 
+#[cfg(feature = "nccl")]
+fn init_nccl_or_mpi(timeout: Option<Duration>) -> Result<Box<dyn Communicator>> {
+    let comm = Nccl::init_or_mpi(timeout)?;
+    install_panic_abort(comm.rank());
+    Ok(comm)
+}
+
+#[cfg(not(feature = "nccl"))]
+fn init_nccl_or_mpi(timeout: Option<Duration>) -> Result<Box<dyn Communicator>> {
+    init_nccl(timeout)
+}
+
 #[cfg(not(feature = "nccl"))]
 fn init_nccl(_timeout: Option<Duration>) -> Result<Box<dyn Communicator>> {
     Err(Error::BackendNotCompiled {
@@ -207,6 +242,23 @@ fn init_nccl(_timeout: Option<Duration>) -> Result<Box<dyn Communicator>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranks_sharing_a_gpu_are_found_by_host_and_uuid() {
+        let keys = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // One GPU per task: every rank sees device 0, the UUIDs differ.
+        assert_eq!(
+            first_shared(&keys(&["a GPU-01", "a GPU-02", "b GPU-01"])),
+            None
+        );
+        // Two ranks on one GPU of host a (ranks 1 and 3); the same UUID on two hosts cannot
+        // happen, but the host is part of the key anyway.
+        assert_eq!(
+            first_shared(&keys(&["a GPU-01", "a GPU-02", "b GPU-03", "a GPU-02"])),
+            Some((1, 3))
+        );
+        assert_eq!(first_shared(&[]), None);
+    }
 
     #[test]
     fn backend_names_parse() {

@@ -4,7 +4,9 @@
 //! NCCL communicator with the MPI rank and world, so the multi-rank logic (ranks, roots,
 //! ordering, watchdog, abort) is the MPI backend's and is covered by the MPI tests. The GPU is
 //! `local_rank % visible GPUs`; the CUDA driver already applies a pre-set
-//! `CUDA_VISIBLE_DEVICES`, so a launcher that pins one GPU per task is respected.
+//! `CUDA_VISIBLE_DEVICES`, so a launcher that pins one GPU per task is respected. The ranks'
+//! GPU UUIDs are gathered at start: two ranks on one GPU (which NCCL refuses) stop the start
+//! with both named, or under `runtime.backend = "auto"` leave the job on MPI.
 //!
 //! What runs where: device buffers (the gradient buckets, through
 //! [`Communicator::all_reduce_sum_tensor`] on CUDA tensors, or [`Nccl::all_reduce_sum_slice`])
@@ -27,6 +29,14 @@ use cudarc::nccl::{Comm, Id, NcclType, ReduceOp};
 use crate::communicator::{Backend, Communicator};
 use crate::error::{Error, Result};
 use crate::mpi_backend::Mpi;
+
+/// Where a rank's GPU is, and who else drives it ([`Nccl::place`]).
+struct Placement {
+    ordinal: usize,
+    device_name: String,
+    /// Why NCCL cannot run: two ranks on one GPU.
+    shared: Option<String>,
+}
 
 /// The NCCL communicator (plus the MPI one it was bootstrapped from).
 pub struct Nccl {
@@ -95,15 +105,82 @@ impl Nccl {
     /// joined on the first device collective, on that buffer's stream).
     pub fn init(collective_timeout: Option<Duration>) -> Result<Self> {
         let mpi = Mpi::init(collective_timeout)?;
+        let place = Self::place(&mpi)?;
+        if let Some(clash) = place.shared {
+            return Err(init_error(clash));
+        }
+        Self::join(mpi, place)
+    }
+
+    /// `runtime.backend = "auto"` on GPU ranks: NCCL when every rank has a GPU of its own,
+    /// else the MPI communicator (gradients through host memory) and the reason, which rank 0
+    /// prints. Every rank decides alike: the decision rests on the same gathered placement.
+    ///
+    /// # Errors
+    /// MPI, the CUDA driver or NCCL failing to start.
+    pub fn init_or_mpi(collective_timeout: Option<Duration>) -> Result<Box<dyn Communicator>> {
+        let mpi = Mpi::init(collective_timeout)?;
+        let place = Self::place(&mpi)?;
+        Ok(match place.shared {
+            Some(why) => {
+                if mpi.rank() == 0 {
+                    eprintln!("coba-dist: runtime.backend = \"auto\" uses MPI, not NCCL: {why}");
+                }
+                Box::new(mpi)
+            }
+            None => Box::new(Self::join(mpi, place)?),
+        })
+    }
+
+    /// This rank's GPU (`local_rank % visible GPUs`) and, from every rank's host and GPU UUID
+    /// gathered over MPI (one broadcast per rank, startup only), whether another rank drives
+    /// the same GPU: NCCL refuses two ranks on one GPU. With one GPU pinned per task (Slurm's
+    /// `--gpus-per-task=1`) every rank sees "its" GPU as device 0, and the UUIDs still differ.
+    fn place(mpi: &Mpi) -> Result<Placement> {
         // cudarc panics when libcuda / libnccl cannot be loaded: turn that into an error.
-        let (ordinal, device_name) = catch_unwind(AssertUnwindSafe(|| Self::open_device(&mpi)))
-            .map_err(|_| {
-            init_error(
-                "cannot load the CUDA driver or NCCL library (libcuda.so.1, libnccl.so.2): \
+        let (ordinal, device_name, visible, uuid) =
+            catch_unwind(AssertUnwindSafe(|| Self::open_device(mpi))).map_err(|_| {
+                init_error(
+                    "cannot load the CUDA driver or NCCL library (libcuda.so.1, libnccl.so.2): \
                      install the NVIDIA driver and NCCL, or add them to LD_LIBRARY_PATH"
-                    .to_owned(),
+                        .to_owned(),
+                )
+            })??;
+        let mine = format!("{} GPU-{uuid}", mpi.host());
+        let mut keys = Vec::with_capacity(mpi.world_size());
+        for r in 0..mpi.world_size() {
+            let mut buf = if r == mpi.rank() {
+                mine.clone().into_bytes()
+            } else {
+                Vec::new()
+            };
+            mpi.broadcast_bytes(&mut buf, r)?;
+            keys.push(String::from_utf8_lossy(&buf).into_owned());
+        }
+        let shared = crate::first_shared(&keys).map(|(a, b)| {
+            format!(
+                "ranks {a} and {b} both drive {} (each rank takes GPU local_rank % visible \
+                 GPUs; rank {} sees {visible}): NCCL needs one GPU per rank; start at most as \
+                 many ranks per host as GPUs, give each task its own GPU (srun \
+                 --gpus-per-task=1), or set runtime.backend = \"mpi\"",
+                keys[a],
+                mpi.rank()
             )
-        })??;
+        });
+        Ok(Placement {
+            ordinal,
+            device_name,
+            shared,
+        })
+    }
+
+    /// Bootstraps the NCCL id over MPI (rank 0 creates it) for a placement without sharing.
+    fn join(mpi: Mpi, place: Placement) -> Result<Self> {
+        let Placement {
+            ordinal,
+            device_name,
+            ..
+        } = place;
         let mut id_bytes = if mpi.rank() == 0 {
             let id = catch_unwind(Id::new)
                 .map_err(|_| init_error("cannot load NCCL (libnccl.so.2)".to_owned()))?
@@ -133,7 +210,8 @@ impl Nccl {
         })
     }
 
-    fn open_device(mpi: &Mpi) -> Result<(usize, String)> {
+    /// `(ordinal, name, visible GPUs, UUID as hex)` of this rank's GPU.
+    fn open_device(mpi: &Mpi) -> Result<(usize, String, usize, String)> {
         let count = CudaContext::device_count().map_err(|e| init_error(explain_cuda(&e)))?;
         let count = usize::try_from(count).unwrap_or(0);
         if count == 0 {
@@ -142,19 +220,17 @@ impl Nccl {
                 std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "<unset>".to_owned())
             )));
         }
-        if mpi.local_world_size() > count {
-            return Err(init_error(format!(
-                "{} ranks on host {} but only {count} visible GPU(s); NCCL needs one GPU per \
-                 rank: start fewer ranks per node or use the mpi backend",
-                mpi.local_world_size(),
-                mpi.host()
-            )));
-        }
         let ordinal = mpi.local_rank() % count;
         // The device's primary context: the one candle's CudaDevice retains too.
         let ctx = CudaContext::new(ordinal).map_err(|e| init_error(explain_cuda(&e)))?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".to_owned());
-        Ok((ordinal, name))
+        let uuid = ctx.uuid().map_err(|e| init_error(explain_cuda(&e)))?;
+        let hex: String = uuid
+            .bytes
+            .iter()
+            .map(|&b| format!("{:02x}", b as u8))
+            .collect();
+        Ok((ordinal, name, count, hex))
     }
 
     /// The MPI control-plane communicator.

@@ -537,6 +537,7 @@ fn two_ranks_equal_one_rank(name: &str, sets: fn(&Job) -> Vec<String>) {
         let comm = collectives::init(&collectives::InitOptions {
             backend: collectives::BackendChoice::Mpi,
             collective_timeout_s: 120,
+            gpu_ranks: false,
         })
         .unwrap();
         let r = run_steps(&cfg, &*comm);

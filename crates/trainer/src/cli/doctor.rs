@@ -50,6 +50,7 @@ pub fn run(args: &DoctorArgs) -> Result<(), ExitError> {
     let options = InitOptions {
         backend: args.backend,
         collective_timeout_s: args.collective_timeout_s,
+        gpu_ranks: crate::train::device::gpu_ranks(args.device),
     };
     let comm = collectives::init(&options).map_err(|e| ExitError {
         code: 1,

@@ -82,16 +82,10 @@ pub fn load_config(path: Option<&PathBuf>, sets: &[String]) -> Result<TrainConfi
 /// # Errors
 /// An unknown backend (exit 2) or a failed MPI/NCCL start (exit 1).
 pub fn start_runtime(cfg: &TrainConfig) -> Result<Box<dyn collectives::Communicator>, ExitError> {
-    let backend = crate::train::device::resolve_backend(
-        cfg.runtime.backend,
-        cfg.runtime.device,
-        collectives::launch::detect().is_some(),
-        collectives::NCCL_COMPILED,
-        crate::train::device::visible_gpus(),
-    );
     let comm = collectives::init(&InitOptions {
-        backend,
+        backend: cfg.runtime.backend,
         collective_timeout_s: cfg.runtime.collective_timeout_s,
+        gpu_ranks: crate::train::device::gpu_ranks(cfg.runtime.device),
     })
     .map_err(|e| ExitError {
         code: 1,

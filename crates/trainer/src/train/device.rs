@@ -20,24 +20,11 @@ pub fn select(choice: DeviceChoice, local_rank: usize) -> Result<(Device, String
     }
 }
 
-/// `runtime.backend` with `auto` settled for a rank that will train on `device`: NCCL when
-/// several processes were `launched`, the binary has NCCL and the ranks train on GPUs
-/// (`runtime.device` is not `cpu` and `gpus` are visible), so gradients stay on the device;
-/// otherwise `choice` unchanged, which [`collectives::init`] turns into MPI under a launcher
-/// and the local backend alone. An explicit backend is never changed.
-pub fn resolve_backend(
-    choice: collectives::BackendChoice,
-    device: DeviceChoice,
-    launched: bool,
-    nccl_compiled: bool,
-    gpus: usize,
-) -> collectives::BackendChoice {
-    use collectives::BackendChoice;
-    let on_gpus = device != DeviceChoice::Cpu && gpus > 0;
-    match choice {
-        BackendChoice::Auto if launched && nccl_compiled && on_gpus => BackendChoice::Nccl,
-        other => other,
-    }
+/// Whether ranks with this `runtime.device` compute on GPUs (`cpu` never; `auto` and `cuda`
+/// when a GPU is visible): [`collectives::InitOptions::gpu_ranks`], under which
+/// `runtime.backend = "auto"` takes NCCL when every rank has a GPU of its own.
+pub fn gpu_ranks(choice: DeviceChoice) -> bool {
+    choice != DeviceChoice::Cpu && visible_gpus() > 0
 }
 
 /// GPUs the CUDA driver shows this process (0 in a CPU build or without a driver).
@@ -122,19 +109,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn auto_backend_is_nccl_only_for_launched_gpu_ranks_of_an_nccl_build() {
-        use collectives::BackendChoice::{Auto, Local, Mpi, Nccl};
-        use DeviceChoice::{Auto as AnyDevice, Cpu, Cuda};
-        assert_eq!(resolve_backend(Auto, AnyDevice, true, true, 8), Nccl);
-        assert_eq!(resolve_backend(Auto, Cuda, true, true, 1), Nccl);
-        // The CPU asked for, no GPU visible, no NCCL in the binary, or a world of one: auto.
-        assert_eq!(resolve_backend(Auto, Cpu, true, true, 8), Auto);
-        assert_eq!(resolve_backend(Auto, AnyDevice, true, true, 0), Auto);
-        assert_eq!(resolve_backend(Auto, Cuda, true, false, 8), Auto);
-        assert_eq!(resolve_backend(Auto, Cuda, false, true, 8), Auto);
-        // An explicit choice stays.
-        for b in [Local, Mpi, Nccl] {
-            assert_eq!(resolve_backend(b, Cuda, true, true, 8), b);
+    fn gpu_ranks_need_a_visible_gpu_and_never_come_from_cpu() {
+        assert!(!gpu_ranks(DeviceChoice::Cpu));
+        for choice in [DeviceChoice::Auto, DeviceChoice::Cuda] {
+            assert_eq!(gpu_ranks(choice), visible_gpus() > 0, "{choice:?}");
         }
     }
 

@@ -338,8 +338,8 @@ impl Default for CheckpointSection {
 pub struct RuntimeSection {
     /// CPU threads per rank; 0 = cores / local ranks. Default 0.
     pub threads: usize,
-    /// `auto` (under a launcher: NCCL when the ranks train on GPUs and the binary has NCCL,
-    /// else MPI; alone: local), `local`, `mpi` or `nccl`. Default auto.
+    /// `auto` (under a launcher: NCCL when the ranks train on GPUs, one GPU each, and the
+    /// binary has NCCL, else MPI; alone: local), `local`, `mpi` or `nccl`. Default auto.
     #[serde(with = "backend_choice")]
     pub backend: BackendChoice,
     /// Seconds one collective may take before the job aborts (0: never). Default 600.
