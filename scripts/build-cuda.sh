@@ -15,8 +15,8 @@
 # unpacked into target/cuda/toolkit), plus a link-time stub of libcuda: no GPU, driver or
 # toolkit is needed to build. The binary links libcuda dynamically (candle's `cuda` feature), so
 # it needs the NVIDIA driver to start; a CPU-only machine keeps using the default build. A cold
-# build takes ~30 min on 2 cores (candle's kernels are most of it); target/cuda keeps the work
-# between builds. Needs the MPI build packages too (scripts/install-deps.sh).
+# build took 714-718 s on 2 cores with --jobs 2 (wheels download, then candle's kernels, most of
+# it); target/cuda keeps the work between builds (~1-2 min incremental). Needs the MPI build packages too (scripts/install-deps.sh).
 #
 # On the GPU machine the CUDA libraries must be on LD_LIBRARY_PATH, e.g. from torch's venv:
 #   SP=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

@@ -306,6 +306,13 @@ pub fn run(
         checks.push(Check { name, failed_ranks });
     }
     if lead {
+        if comm.world_size() == 1 {
+            // Nothing crosses a link: the rows time the local path (a copy, or nothing).
+            writeln!(
+                out,
+                "one rank: no link to measure (start doctor under mpirun/srun for bandwidth)"
+            )?;
+        }
         writeln!(
             out,
             "{:>12} {:>12} {:>12} {:>12}",

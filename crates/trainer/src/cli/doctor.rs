@@ -63,7 +63,9 @@ pub fn run(args: &DoctorArgs) -> Result<(), ExitError> {
         min_bytes: args.min_bytes,
         max_bytes: args.max_bytes,
         threads: collectives::launch::default_threads(comm),
-        environment: gpu_environment(&device).into_iter().collect(),
+        environment: std::iter::once(crate::train::device::build_line())
+            .chain(gpu_environment(&device))
+            .collect(),
         device,
     };
     let stdout = std::io::stdout();

@@ -106,6 +106,8 @@ pub fn start_runtime(cfg: &TrainConfig) -> Result<Box<dyn collectives::Communica
 /// Runs the training job on this rank.
 pub fn run(args: &TrainArgs) -> Result<(), ExitError> {
     let cfg = load_config(args.config.as_ref(), &args.set)?;
+    // Before the runtime, the data and the model: a GPU that is not there is a setting error.
+    crate::train::device::check(cfg.runtime.device).map_err(bad)?;
     let resume = match args.resume.as_deref() {
         None => None,
         Some("auto") => Some(Resume::Auto),
@@ -309,15 +311,21 @@ pub fn check(args: &CheckArgs) -> Result<(), ExitError> {
             );
         }
     }
+    if let Err(e) = crate::train::device::check(cfg.runtime.device) {
+        warnings.push(format!(
+            "{e:#} (on this machine; the run's own machine may differ)"
+        ));
+    }
     let _ = writeln!(
         text,
-        "  dtype: {} ({} on the CPU)",
+        "  dtype: {} ({} on the CPU, {} on a GPU)",
         match cfg.train.dtype {
             config::TrainDtype::Auto => "auto",
             config::TrainDtype::F32 => "f32",
             config::TrainDtype::Bf16 => "bf16",
         },
-        config::TrainDtype::name(cfg.train.dtype.resolve(false))
+        config::TrainDtype::name(cfg.train.dtype.resolve(false)),
+        config::TrainDtype::name(cfg.train.dtype.resolve(true))
     );
     if cfg.train.early_stopping_patience > 0 && cfg.train.eval_interval == 0 {
         warnings.push(

@@ -27,6 +27,24 @@ pub fn gpu_ranks(choice: DeviceChoice) -> bool {
     choice != DeviceChoice::Cpu && visible_gpus() > 0
 }
 
+/// What this binary was built with, for `doctor`: `build: mpi yes, nccl no, cuda no (GPU
+/// builds: scripts/build-cuda.sh)`.
+pub fn build_line() -> String {
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let cuda = cfg!(feature = "cuda");
+    format!(
+        "build: mpi {}, nccl {}, cuda {}{}",
+        yes(collectives::MPI_COMPILED),
+        yes(collectives::NCCL_COMPILED),
+        yes(cuda),
+        if cuda {
+            ""
+        } else {
+            " (GPU builds: scripts/build-cuda.sh)"
+        }
+    )
+}
+
 /// GPUs the CUDA driver shows this process (0 in a CPU build or without a driver).
 pub fn visible_gpus() -> usize {
     #[cfg(feature = "cuda")]
@@ -82,14 +100,7 @@ fn cuda_details(_ordinal: usize) -> String {
 #[cfg(feature = "cuda")]
 fn cuda(local_rank: usize) -> Result<(Device, String)> {
     use anyhow::Context;
-    let count = visible_gpus();
-    if count == 0 {
-        bail!(
-            "runtime.device (or --device) = \"cuda\": no GPU visible (CUDA_VISIBLE_DEVICES={}; \
-             is the NVIDIA driver loaded?)",
-            std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "<unset>".into())
-        );
-    }
+    let count = cuda_visible()?;
     let ordinal = local_rank % count;
     let device = Device::new_cuda(ordinal)
         .with_context(|| format!("opening GPU {ordinal} of {count} visible"))?;
@@ -98,10 +109,44 @@ fn cuda(local_rank: usize) -> Result<(Device, String)> {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda(_local_rank: usize) -> Result<(Device, String)> {
-    bail!(
-        "runtime.device (or --device) = \"cuda\": this binary was built without CUDA; build one \
-         with scripts/build-cuda.sh (README, \"GPU\"), or use the CPU (\"cpu\")"
-    )
+    bail!(NOT_BUILT)
+}
+
+#[cfg(not(feature = "cuda"))]
+const NOT_BUILT: &str = "runtime.device (or --device) = \"cuda\": this binary was built without \
+                         CUDA; build one with scripts/build-cuda.sh (README, \"GPU\"), or use \
+                         the CPU (\"cpu\")";
+
+/// Whether `choice` can be honoured on this machine, checked before any work (a run should
+/// not load its data to find out): `cuda` needs a CUDA build and a visible GPU. The errors are
+/// [`select`]'s; `auto` and `cpu` always pass.
+///
+/// # Errors
+/// `cuda` in a binary built without CUDA, or with no GPU visible.
+pub fn check(choice: DeviceChoice) -> Result<()> {
+    if choice != DeviceChoice::Cuda {
+        return Ok(());
+    }
+    cuda_visible().map(|_| ())
+}
+
+/// The number of visible GPUs, or why `cuda` cannot be used.
+#[cfg(feature = "cuda")]
+fn cuda_visible() -> Result<usize> {
+    let count = visible_gpus();
+    if count == 0 {
+        bail!(
+            "runtime.device (or --device) = \"cuda\": no GPU visible (CUDA_VISIBLE_DEVICES={}; \
+             is the NVIDIA driver loaded?)",
+            std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "<unset>".into())
+        );
+    }
+    Ok(count)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_visible() -> Result<usize> {
+    bail!(NOT_BUILT)
 }
 
 #[cfg(test)]
@@ -113,6 +158,15 @@ mod tests {
         assert!(!gpu_ranks(DeviceChoice::Cpu));
         for choice in [DeviceChoice::Auto, DeviceChoice::Cuda] {
             assert_eq!(gpu_ranks(choice), visible_gpus() > 0, "{choice:?}");
+        }
+    }
+
+    #[test]
+    fn the_early_check_agrees_with_select() {
+        for choice in [DeviceChoice::Cpu, DeviceChoice::Auto, DeviceChoice::Cuda] {
+            let early = check(choice).map_err(|e| e.to_string());
+            let late = select(choice, 0).map(|_| ()).map_err(|e| e.to_string());
+            assert_eq!(early, late, "{choice:?}");
         }
     }
 
