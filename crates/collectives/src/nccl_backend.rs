@@ -101,8 +101,13 @@ fn init_error(reason: String) -> Error {
 }
 
 impl Nccl {
-    /// Initialise MPI, pick this rank's GPU and share the NCCL id (the communicator itself is
-    /// joined on the first device collective, on that buffer's stream).
+    /// Initialise MPI, pick this rank's GPU, check that no other rank drives it (GPU UUIDs
+    /// gathered over MPI) and share the NCCL id (the communicator itself is joined on the first
+    /// device collective, on that buffer's stream).
+    ///
+    /// # Errors
+    /// MPI, the CUDA driver or NCCL failing to start, no GPU visible, or two ranks on one GPU
+    /// (both named, with the fixes).
     pub fn init(collective_timeout: Option<Duration>) -> Result<Self> {
         let mpi = Mpi::init(collective_timeout)?;
         let place = Self::place(&mpi)?;
