@@ -139,6 +139,15 @@ pub fn run(args: &TrainArgs) -> Result<(), ExitError> {
                     s.wall_time_s,
                     cfg.output_dir.display()
                 );
+                if s.best.is_some() {
+                    eprintln!(
+                        "coba-dist: the ratio is each task's validation loss over its loss at \
+                         step 0, averaged over tasks (lower is better); {}/best holds that \
+                         evaluation's model, summary.json the run's numbers, plots/ the curves \
+                         (README, \"Training\")",
+                        cfg.output_dir.display()
+                    );
+                }
             }
             Ok(())
         }
