@@ -96,6 +96,26 @@ pub(crate) fn check_float(collective: &'static str, rank: usize, dtype: DType) -
     }
 }
 
+/// One text line from every rank, in rank order, on every rank (one `broadcast_bytes` per
+/// rank: for start-up reports and checks, not the training step). Every rank must call it at
+/// the same point.
+///
+/// # Errors
+/// A failed broadcast.
+pub fn gather_lines(comm: &dyn Communicator, own: &str) -> Result<Vec<String>> {
+    let mut lines = Vec::with_capacity(comm.world_size());
+    for root in 0..comm.world_size() {
+        let mut buf = if root == comm.rank() {
+            own.as_bytes().to_vec()
+        } else {
+            Vec::new()
+        };
+        comm.broadcast_bytes(&mut buf, root)?;
+        lines.push(String::from_utf8_lossy(&buf).into_owned());
+    }
+    Ok(lines)
+}
+
 /// [`Communicator::all_reduce_sum_tensor`] through host memory: copy out (16-bit floats as
 /// `f32`), sum with the host-slice collective, copy back in the input's dtype and device.
 pub fn host_all_reduce_tensor<C: Communicator + ?Sized>(comm: &C, buf: &Tensor) -> Result<Tensor> {

@@ -109,21 +109,6 @@ fn iterations(bytes: usize) -> usize {
 /// A correctness check: `Ok(true)` if this rank saw the expected values.
 type CheckFn = fn(&dyn Communicator) -> Result<bool>;
 
-/// Gather one text line per rank (rank order) on every rank.
-fn gather_lines(comm: &dyn Communicator, own: &str) -> Result<Vec<String>> {
-    let mut lines = Vec::with_capacity(comm.world_size());
-    for root in 0..comm.world_size() {
-        let mut buf = if root == comm.rank() {
-            own.as_bytes().to_vec()
-        } else {
-            Vec::new()
-        };
-        comm.broadcast_bytes(&mut buf, root)?;
-        lines.push(String::from_utf8_lossy(&buf).into_owned());
-    }
-    Ok(lines)
-}
-
 /// Count the ranks where `ok` is false (the result is the same on every rank).
 fn failures(comm: &dyn Communicator, ok: bool) -> Result<usize> {
     let mut v = [if ok { 0.0 } else { 1.0 }];
@@ -271,7 +256,7 @@ pub fn run(
         comm.device(),
         options.threads
     );
-    let ranks = gather_lines(comm, &own)?;
+    let ranks = crate::gather_lines(comm, &own)?;
     if lead {
         options
             .environment

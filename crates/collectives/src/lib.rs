@@ -33,7 +33,7 @@ pub use bucket::{
     all_reduce_grads, all_reduce_map, all_reduce_named, BucketOptions, DEFAULT_BUCKET_BYTES,
 };
 pub use communicator::{
-    exit_on_error, host_all_reduce_tensor, host_name, Backend, Communicator,
+    exit_on_error, gather_lines, host_all_reduce_tensor, host_name, Backend, Communicator,
     EXIT_COLLECTIVE_TIMEOUT, EXIT_RANK_FAILED,
 };
 pub use error::{Error, Result};

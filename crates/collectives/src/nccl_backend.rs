@@ -151,17 +151,7 @@ impl Nccl {
                         .to_owned(),
                 )
             })??;
-        let mine = format!("{} GPU-{uuid}", mpi.host());
-        let mut keys = Vec::with_capacity(mpi.world_size());
-        for r in 0..mpi.world_size() {
-            let mut buf = if r == mpi.rank() {
-                mine.clone().into_bytes()
-            } else {
-                Vec::new()
-            };
-            mpi.broadcast_bytes(&mut buf, r)?;
-            keys.push(String::from_utf8_lossy(&buf).into_owned());
-        }
+        let keys = crate::gather_lines(mpi, &format!("{} GPU-{uuid}", mpi.host()))?;
         let shared = crate::first_shared(&keys).map(|(a, b)| {
             format!(
                 "ranks {a} and {b} both drive {} (each rank takes GPU local_rank % visible \

@@ -100,24 +100,20 @@ pub fn build_model_on(cfg: &TrainConfig, tokenizer_vocab: usize, device: &Device
     Ok(model)
 }
 
-/// `rank 0 -> host: cuda:0, rank 1 -> ...`: every rank's host and device, gathered with one
-/// broadcast per rank (startup only; the same calls in the same order on every rank).
+/// `rank 0 -> host: cuda:0, rank 1 -> ...`: every rank's host and device
+/// ([`collectives::gather_lines`], startup only).
 ///
 /// # Errors
 /// A failed collective.
 fn rank_map(comm: &dyn Communicator, device_name: &str) -> Result<String> {
     let mine = format!("{}: {device_name}", collectives::host_name());
-    let mut parts = Vec::with_capacity(comm.world_size());
-    for r in 0..comm.world_size() {
-        let mut buf = if comm.rank() == r {
-            mine.clone().into_bytes()
-        } else {
-            Vec::new()
-        };
-        comm.broadcast_bytes(&mut buf, r)?;
-        parts.push(format!("rank {r} -> {}", String::from_utf8_lossy(&buf)));
-    }
-    Ok(parts.join(", "))
+    let parts = collectives::gather_lines(comm, &mine)?;
+    Ok(parts
+        .iter()
+        .enumerate()
+        .map(|(r, p)| format!("rank {r} -> {p}"))
+        .collect::<Vec<_>>()
+        .join(", "))
 }
 
 /// Loads the tokenizer and the tasks of a configuration (through the tokenization cache).
