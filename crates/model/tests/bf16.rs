@@ -3,7 +3,10 @@
 //! a bf16 model's values stay within bf16 rounding of an f64 reference computed from the same
 //! (bf16-representable) inputs, and its loss is an f32 number.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::{as_f64, assert_bf16_step_agrees};
 use model::fused::cross_entropy;
 use model::layers::{layer_norm, rms_norm, softmax_last};
 use model::{CausalLm, Llama, LlamaConfig, LossOptions, TokenBatch};
@@ -33,15 +36,6 @@ fn tensor(v: &[f64], shape: &[usize], dtype: DType) -> Tensor {
     Tensor::from_vec(v.to_vec(), shape, &Device::Cpu)
         .unwrap()
         .to_dtype(dtype)
-        .unwrap()
-}
-
-fn as_f64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
         .unwrap()
 }
 
@@ -190,27 +184,6 @@ fn a_bf16_llama_step_matches_f32_on_the_same_weights() {
     let opts = LossOptions::default();
     let a = bf16.forward_backward(&batch, &scale, opts).unwrap();
     let b = reference.forward_backward(&batch, &scale, opts).unwrap();
-    let rel = (a.report.objective - b.report.objective).abs() / b.report.objective;
-    assert!(
-        rel < 1e-2,
-        "bf16 objective {} vs f32 {}",
-        a.report.objective,
-        b.report.objective
-    );
-    for (task, (x, y)) in a.report.per_task.iter().zip(&b.report.per_task).enumerate() {
-        assert_eq!(x.tokens, y.tokens);
-        assert!((x.mean() - y.mean()).abs() < 1e-2 * y.mean(), "task {task}");
-    }
     // Gradients in bf16, finite, pointing the f32 way (cosine > 0.99 per tensor).
-    for (name, g) in &a.grads {
-        assert_eq!(g.dtype(), DType::BF16, "{name}");
-        let (x, y) = (as_f64(g), as_f64(&b.grads[name]));
-        assert!(x.iter().all(|v| v.is_finite()), "{name}");
-        let dot: f64 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
-        let nx = x.iter().map(|v| v * v).sum::<f64>().sqrt();
-        let ny = y.iter().map(|v| v * v).sum::<f64>().sqrt();
-        if ny > 0.0 {
-            assert!(dot / (nx * ny) > 0.99, "{name}: cosine {}", dot / (nx * ny));
-        }
-    }
+    assert_bf16_step_agrees(&a, &b, bf16.params(), "llama");
 }

@@ -9,29 +9,13 @@ mod common;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
-use common::max_abs_diff;
+use common::{as_f64, assert_bf16_step_agrees, cosine, max_abs_diff, perturb_lora_b};
 use model::head_grads::head_task_gradients;
 use model::lora::{LoraSettings, LLAMA_PROJECTIONS};
 use model::{
     CausalLm, KvCache, Llama, LlamaConfig, LossOptions, Model, Phi, PhiConfig, StepOutput,
     TokenBatch,
 };
-
-fn as_f64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap()
-}
-
-fn cosine(x: &[f64], y: &[f64]) -> f64 {
-    let dot: f64 = x.iter().zip(y).map(|(a, b)| a * b).sum();
-    let nx = x.iter().map(|v| v * v).sum::<f64>().sqrt();
-    let ny = y.iter().map(|v| v * v).sum::<f64>().sqrt();
-    dot / (nx * ny)
-}
 
 /// A model's parameters rounded to bf16 (what both the bf16 model and its f32 twin load).
 fn rounded(m: &dyn CausalLm) -> Vec<(String, Tensor)> {
@@ -77,39 +61,8 @@ fn step(m: &Model) -> StepOutput {
         .unwrap()
 }
 
-/// The bf16 step agrees with the f32 one: objective and per-task losses within 1%, every
-/// gradient finite, in the parameter's dtype and pointing the f32 way (cosine > 0.99).
 fn assert_steps_agree(bf16: &Model, f32: &Model, what: &str) {
-    let (a, b) = (step(bf16), step(f32));
-    let rel = (a.report.objective - b.report.objective).abs() / b.report.objective;
-    assert!(
-        rel < 1e-2,
-        "{what}: objective {} vs {}",
-        a.report.objective,
-        b.report.objective
-    );
-    for (task, (x, y)) in a.report.per_task.iter().zip(&b.report.per_task).enumerate() {
-        assert_eq!(x.tokens, y.tokens, "{what} task {task}");
-        assert!(
-            (x.mean() - y.mean()).abs() < 1e-2 * y.mean(),
-            "{what} task {task}"
-        );
-    }
-    assert_eq!(
-        a.grads.keys().collect::<Vec<_>>(),
-        b.grads.keys().collect::<Vec<_>>(),
-        "{what}"
-    );
-    for (name, g) in &a.grads {
-        let p = &bf16.params()[name];
-        assert_eq!(g.dtype(), p.dtype(), "{what} {name}");
-        let (x, y) = (as_f64(g), as_f64(&b.grads[name]));
-        assert!(x.iter().all(|v| v.is_finite()), "{what} {name}");
-        if y.iter().any(|&v| v != 0.0) {
-            let c = cosine(&x, &y);
-            assert!(c > 0.99, "{what} {name}: cosine {c}");
-        }
-    }
+    assert_bf16_step_agrees(&step(bf16), &step(f32), bf16.params(), what);
 }
 
 fn settings() -> LoraSettings {
@@ -126,19 +79,7 @@ fn settings() -> LoraSettings {
 /// same non-zero values, so the adapters change the output.
 fn attach(m: &mut Model) {
     m.attach_lora(settings(), 3, None).unwrap();
-    for (n, v) in m.params() {
-        if n.contains("lora_B") {
-            let k = v.elem_count();
-            let vals: Vec<f64> = (0..k)
-                .map(|i| ((i * 37 % 11) as f64 - 5.0) * 0.01)
-                .collect();
-            let t = Tensor::from_vec(vals, v.dims(), &Device::Cpu)
-                .unwrap()
-                .to_dtype(v.dtype())
-                .unwrap();
-            v.set(&t).unwrap();
-        }
-    }
+    perturb_lora_b(m, 0.01);
 }
 
 #[test]

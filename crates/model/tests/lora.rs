@@ -6,7 +6,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use common::max_abs_diff;
+use common::{max_abs_diff, perturb_lora_b};
 use model::checkpoint::{load_adapter, save_adapter, AdapterConfig};
 use model::lora::{adapter_name, LoraSettings, LLAMA_PROJECTIONS};
 use model::{CausalLm, Llama, LlamaConfig, LossOptions, Model, TokenBatch};
@@ -42,23 +42,6 @@ fn batch() -> TokenBatch {
 
 fn all() -> Vec<&'static str> {
     LLAMA_PROJECTIONS.to_vec()
-}
-
-/// Sets every B to deterministic non-zero values (A keeps its init).
-fn perturb_b(m: &Model, scale: f64) {
-    for (n, v) in m.params() {
-        if n.contains("lora_B") {
-            let k = v.elem_count();
-            let vals: Vec<f64> = (0..k)
-                .map(|i| ((i * 37 % 11) as f64 - 5.0) * scale)
-                .collect();
-            let t = Tensor::from_vec(vals, v.dims(), &Device::Cpu)
-                .unwrap()
-                .to_dtype(v.dtype())
-                .unwrap();
-            v.set(&t).unwrap();
-        }
-    }
 }
 
 #[test]
@@ -124,7 +107,7 @@ fn init_bounds_scale_and_names_follow_peft() {
 fn merged_equals_unmerged() {
     let mut m = base(DType::F32);
     m.attach_lora(settings(3, &all()), 2, None).unwrap();
-    perturb_b(&m, 0.05);
+    perturb_lora_b(&m, 0.05);
     let unmerged = m.logits(&batch()).unwrap();
     let Model::Llama(l) = &m else { unreachable!() };
     let merged = Llama::from_tensors(
@@ -213,7 +196,7 @@ fn adapter_gradients_match_finite_differences_and_the_base_gets_none() {
     let mut m = base(DType::F64);
     m.attach_lora(settings(2, &["v_proj", "up_proj", "o_proj"]), 3, None)
         .unwrap();
-    perturb_b(&m, 0.1);
+    perturb_lora_b(&m, 0.1);
     let b = batch();
     let scale = [0.6, 1.4];
     let opts = LossOptions {
@@ -267,7 +250,7 @@ fn peft_directory_round_trips_with_peft_keys_shapes_and_metadata() {
     let mut m = base(DType::F32);
     let s = settings(4, &all());
     m.attach_lora(s.clone(), 1, None).unwrap();
-    perturb_b(&m, 0.01);
+    perturb_lora_b(&m, 0.01);
     let dir = tempfile::tempdir().unwrap();
     let tensors: BTreeMap<String, Tensor> = m
         .params()
@@ -478,7 +461,7 @@ fn gradients_with_dropout_match_finite_differences_and_eval_has_none() {
         ..settings(2, &["q_proj", "up_proj"])
     };
     m.attach_lora(s, 3, None).unwrap();
-    perturb_b(&m, 0.1);
+    perturb_lora_b(&m, 0.1);
     let mut b = batch();
     b.dropout_keys = vec![42];
     let (scale, opts) = (SCALE, opts());
@@ -539,7 +522,7 @@ fn phi_adapters_use_its_projection_names_and_match_finite_differences() {
     assert_eq!(fc2_b.dims(), [24, 3]);
 
     // Merged == unmerged, and the adapters change the output.
-    perturb_b(&m, 0.05);
+    perturb_lora_b(&m, 0.05);
     let unmerged = m.logits(&b).unwrap();
     let merged = m.merged().unwrap();
     assert!(merged.lora().is_none());
@@ -552,7 +535,7 @@ fn phi_adapters_use_its_projection_names_and_match_finite_differences() {
     let mut s = settings(2, &["dense", "fc1", "q_proj"]);
     s.dropout = 0.25;
     m.attach_lora(s, 3, None).unwrap();
-    perturb_b(&m, 0.1);
+    perturb_lora_b(&m, 0.1);
     let mut b = batch();
     b.dropout_keys = vec![11, 12, 13, 14];
     check_training_gradients(&m, &b);
